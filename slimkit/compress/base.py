@@ -1,0 +1,60 @@
+"""The pass interface shared by every compression pass.
+
+A pass is a typed config dataclass (subclass of ``PassConfig``) plus an apply function registered
+with ``@register_pass(ConfigClass)``. The apply function takes
+``(model, example_inputs, config, context)`` and returns a NEW nn.Module; it never modifies its input.
+"""
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Optional
+
+import torch
+
+
+@dataclass
+class PassConfig:
+    """Base of all pass configs. ``name`` is the recipe-string keyword; ``lossless`` passes
+    get their outputs checked against the input model, all passes get a forward check."""
+
+    name: ClassVar[str] = ""
+    lossless: ClassVar[bool] = False
+    version: ClassVar[int] = 1
+
+
+@dataclass
+class CompressContext:
+    """What a pass may use besides the model: the original (teacher) model, few-shot data,
+    evaluation data and whether to show progress bars."""
+
+    teacher: Optional[torch.nn.Module] = None
+    data: Any = None  # iterable of (x, y) batches: the few-shot images (may be None: data-free)
+    eval_data: Any = None
+    progress: bool = True
+    extras: dict = field(default_factory=dict)
+
+
+_PASSES: dict[str, tuple[type, Callable]] = {}
+
+
+def register_pass(config_cls):
+    """Register ``fn(model, example_inputs, config, context) -> nn.Module`` for ``config_cls``."""
+    if not config_cls.name:
+        raise ValueError(f"{config_cls.__name__} needs a class attribute `name`")
+
+    def wrap(fn):
+        if config_cls.name in _PASSES:
+            raise ValueError(f"pass {config_cls.name!r} is already registered")
+        _PASSES[config_cls.name] = (config_cls, fn)
+        return fn
+
+    return wrap
+
+
+def list_passes():
+    return sorted(_PASSES)
+
+
+def get_pass(name):
+    try:
+        return _PASSES[name]
+    except KeyError:
+        raise ValueError(f"unknown pass {name!r}; known passes: {', '.join(list_passes())}") from None
