@@ -1,0 +1,38 @@
+"""Scaled sign: sign(g) * mean|g| per bucket, 1 bit per value plus one float32 per bucket (biased:
+pair it with error feedback, e.g. ``ecq(inner="sign", alpha=1, beta=1)``)."""
+import torch
+
+from slimkit.comm._registry import register_compressor
+from slimkit.comm.base import Compressor
+from slimkit.comm.packing import ByteReader, pack_bits, packed_nbytes, to_bytes, unpack_bits
+
+
+@register_compressor("sign")
+class ScaledSign(Compressor):
+    def __init__(self, bucket_size: int = 512, seed: int = 0, nonfinite: str = "raise"):
+        super().__init__(seed, nonfinite)
+        if not isinstance(bucket_size, int) or bucket_size < 0:
+            raise ValueError(f"bucket_size must be an int >= 0 (0 = one bucket), got {bucket_size!r}")
+        self.bucket_size = bucket_size
+
+    def options(self):
+        return {"bucket_size": self.bucket_size}
+
+    def compress(self, flat, segments=None):
+        flat = self.check_finite(flat.reshape(-1).float())
+        n = flat.numel()
+        size = self.bucket_size or max(n, 1)
+        nb = max(1, -(-n // size))
+        padded = torch.zeros(nb * size)
+        padded[:n] = flat
+        scales = padded.view(nb, size).abs().sum(1) / torch.tensor(
+            [min(size, n - i * size) for i in range(nb)], dtype=torch.float32)
+        return torch.cat([to_bytes(scales), pack_bits((flat >= 0).long(), 1)])
+
+    def decompress(self, payload, numel):
+        size = self.bucket_size or max(numel, 1)
+        nb = max(1, -(-numel // size))
+        r = ByteReader(payload)
+        scales = r.take_as(nb, torch.float32)
+        signs = unpack_bits(r.take(packed_nbytes(numel, 1)), 1, numel).float() * 2 - 1
+        return signs * scales.repeat_interleave(size)[:numel]

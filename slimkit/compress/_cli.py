@@ -1,0 +1,97 @@
+"""Compress a trained model with a recipe; writes the model, report.md, report.html and a Pareto plot.
+
+Example: slimkit compress --model resnet20 --checkpoint ckpt.th --data cifar10:cifar10_train.npz
+         --recipe "fold,prune(macs=0.5),distill(k=10)" --out runs/compress
+The last --test-fraction of --data is held out for accuracy; K images per class of the rest are
+the few-shot set. The checkpoint file is only read.
+"""
+import json
+import os
+
+
+def add_arguments(p):
+    p.add_argument("--model", required=True, help="registered model name (see slimkit.models.list_models())")
+    p.add_argument("--checkpoint", default=None, help="weights to load (read only)")
+    p.add_argument("--data", default=None, help="slimkit.data spec, e.g. cifar10:cifar10_train.npz; omit = data-free")
+    p.add_argument("--recipe", required=True, help='e.g. "fold,prune(macs=0.5),distill(k=10)" or a .yaml file')
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--k", type=int, default=10, help="few-shot images per class (default 10)")
+    p.add_argument("--test-fraction", type=float, default=0.1,
+                   help="hold out the last FRACTION of --data for accuracy (default 0.1; a ?holdout= in the spec wins)")
+    p.add_argument("--latency-batches", default="1,64", help="batch sizes to time, comma list ('' = none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def load_splits(spec, k, test_fraction, seed):
+    """``slimkit.data`` spec -> (few-shot (x, y), eval (x, y), description). Unless the spec's query
+    says otherwise the LAST ``test_fraction`` of the samples is held out for evaluation."""
+    import torch
+
+    from slimkit.data import few_shot_indices, load_dataset
+
+    if "holdout=" in spec:
+        splits = load_dataset(spec, seed=seed)
+    else:
+        splits = load_dataset(spec, seed=seed, holdout="last", test_fraction=test_fraction)
+    tx, ty = splits.train.tensors()
+    idx = few_shot_indices(ty, k, seed)
+    ex, ey = splits.test.tensors()
+    desc = f"{splits.description}; few-shot: K={k} per class from the train split, seed {seed}"
+    return (tx[idx].float(), torch.as_tensor(ty)[idx].long()), (ex.float(), torch.as_tensor(ey).long()), desc
+
+
+def _batches(x, y, bs):
+    return [(x[i:i + bs], y[i:i + bs]) for i in range(0, len(y), bs)]
+
+
+def run(args):
+    import torch
+
+    from slimkit.compress import compress, save
+    from slimkit.compress.export import default_suffix
+    from slimkit.compress.recipe import load_recipe, recipe_to_yaml
+    from slimkit.models import create_model, get_model_info
+    from slimkit.report.html import write_html
+    from slimkit.report.plots import pareto_plot
+
+    recipe = load_recipe(args.recipe)  # fail on a bad recipe before any heavy work
+    if args.checkpoint and not os.path.exists(args.checkpoint):
+        raise FileNotFoundError(f"--checkpoint: no file at {args.checkpoint!r}")
+    info = get_model_info(args.model)
+    model = create_model(args.model, checkpoint=args.checkpoint).eval()
+    few = evalset = None
+    data_desc = "none (data-free)"
+    if args.data:
+        (fx, fy), (tx, ty), data_desc = load_splits(args.data, args.k, args.test_fraction, args.seed)
+        few, evalset = _batches(fx, fy, 50), _batches(tx, ty, 500)
+        example = tx[:1]
+    else:
+        example = torch.randn(1, *info.input_size, generator=torch.Generator().manual_seed(args.seed))
+    batches = tuple(int(b) for b in args.latency_batches.split(",") if b.strip())
+    result = compress(model, example, recipe, data=few, eval_data=evalset, progress=not args.no_progress,
+                      latency_batches=batches)
+    os.makedirs(args.out, exist_ok=True)
+    model_path = save(result.model, os.path.join(args.out, "model" + default_suffix(result.model)), example)
+    rep = result.report
+    with open(os.path.join(args.out, "recipe.yaml"), "w") as f:
+        f.write(recipe_to_yaml(recipe))
+    with open(os.path.join(args.out, "report.json"), "w") as f:
+        json.dump(rep.to_dict(), f, indent=1, default=str)
+    md = rep.to_markdown() + (
+        f"\nModel: `{args.model}` (checkpoint `{args.checkpoint}`). Data: {data_desc}. "
+        f"Saved model: `{os.path.basename(model_path)}` (load with `slimkit.compress.load` or plain torch/ONNX Runtime).\n")
+    with open(os.path.join(args.out, "report.md"), "w") as f:
+        f.write(md)
+    images = []
+    if rep.before.accuracy is not None:
+        lat = {k: v["median_ms"] for k, v in rep.latency.items()}
+        b = batches[0] if batches else None
+        pts = [dict(label="before", accuracy=100 * rep.before.accuracy, macs=rep.before.macs, latency_ms=lat.get(f"before@b{b}"))]
+        pts += [dict(label=r.name, accuracy=100 * r.stats.accuracy, macs=r.stats.macs,
+                     latency_ms=lat.get(f"after@b{b}") if i == len(rep.passes) - 1 else None) for i, r in enumerate(rep.passes)]
+        images.append(pareto_plot(pts, os.path.join(args.out, "pareto.png"), title=f"{args.model}: accuracy vs cost"))
+    write_html(os.path.join(args.out, "report.html"), f"slimkit compress: {args.model}", md, images)
+    print(md)
+    print(f"wrote {model_path}, report.md, report.html to {args.out}")
+    return 0

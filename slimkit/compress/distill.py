@@ -1,0 +1,213 @@
+"""distill: few-shot recovery of a compressed student from the original teacher (Bai et al., AAAI 2020).
+
+``method="cross"`` (cross distillation): conv/linear layers are fitted one at a time, first to last.
+For a student layer W_s with teacher counterpart W_t, x_t is the layer input in the teacher and x_s
+in the student (earlier layers already fitted). Correction loss L_c = ||W_s x_t - W_t x_t||^2 (the
+student layer on the teacher's hidden input), imitation loss L_i = ||W_s x_s - W_t x_s||^2 (the
+teacher layer on the student's hidden input), L = mu L_c + (1 - mu) L_i, each a mean over elements.
+Then a short end-to-end fine-tune (cross-entropy) on the same images.
+Baselines on the same data: ``"layerwise"`` (L = ||W_s x_s - W_t x_t||^2, then the same fine-tune)
+and ``"finetune"`` (the fine-tune only).
+
+The teacher is the model before the first lossy pass (``context.extras["reference"]``, set by
+``compress``; else ``context.teacher``). Layers are paired by module name; when pruning removed
+channels, the kept input/output channels are recovered by matching the student's weights to exact
+slices of the teacher's (what pruning leaves before any retraining). A layer whose channels cannot
+be matched is skipped and listed in ``model.distill_report``.
+"""
+import copy
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from slimkit.compress.base import PassConfig, register_pass
+from slimkit.errors import SlimkitError
+
+_LAYERS = (torch.nn.Conv2d, torch.nn.Linear)
+
+
+@dataclass
+class DistillConfig(PassConfig):
+    """k: images per class taken from ``data``; mu: weight of the correction loss; iters / lr: Adam
+    steps and learning rate per layer; finetune_*: the end-to-end SGD fine-tune (0 epochs = none);
+    kd: weight of a knowledge-distillation term (teacher logits, T=4) added to the fine-tune loss."""
+
+    name = "distill"
+    lossless = False
+    method: Literal["cross", "layerwise", "finetune"] = "cross"
+    k: int = 10
+    mu: float = 0.6
+    iters: int = 150
+    lr: float = 1e-3
+    batch_size: int = 50
+    finetune_epochs: int = 20
+    finetune_lr: float = 1e-3
+    kd: float = 0.0  # weight of the teacher-logit KD term in the fine-tune (temperature 4); 0 = CE only
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0.0 <= self.mu <= 1.0:
+            raise ValueError(f"mu must be in [0, 1], got {self.mu}")
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+
+
+def few_shot(data, k, seed):
+    """At most k (x, y) pairs per class from an iterable of batches -> (X, Y) tensors."""
+    xs, ys = [], []
+    for batch in data:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise SlimkitError("distill: data must yield (images, labels) batches")
+        xs.append(batch[0])
+        ys.append(batch[1])
+    if not xs:
+        raise SlimkitError("distill: data is empty; it needs K labelled images per class")
+    X, Y = torch.cat(xs), torch.cat(ys)
+    order = torch.randperm(len(Y), generator=torch.Generator().manual_seed(seed))
+    keep, seen = [], {}
+    for i in order.tolist():
+        c = int(Y[i])
+        if seen.get(c, 0) < k:
+            seen[c] = seen.get(c, 0) + 1
+            keep.append(i)
+    keep = torch.tensor(sorted(keep))
+    return X[keep], Y[keep]
+
+
+def channel_maps(w_ref, w_stu):
+    """(out_idx, in_idx) with w_ref[out_idx][:, in_idx] == w_stu exactly, or None if not a slice."""
+    if w_ref.shape == w_stu.shape and torch.equal(w_ref, w_stu):
+        return torch.arange(w_ref.shape[0]), torch.arange(w_ref.shape[1])
+    if w_ref.shape[2:] != w_stu.shape[2:]:
+        return None
+    table = {}
+    ref = w_ref.detach().reshape(w_ref.shape[0], w_ref.shape[1], -1)
+    for o in range(ref.shape[0]):
+        for i in range(ref.shape[1]):
+            table.setdefault(ref[o, i].numpy().tobytes(), []).append((o, i))
+    stu = w_stu.detach().reshape(w_stu.shape[0], w_stu.shape[1], -1)
+    out_votes = torch.zeros(stu.shape[0], ref.shape[0])
+    in_votes = torch.zeros(stu.shape[1], ref.shape[1])
+    for o in range(stu.shape[0]):
+        for i in range(stu.shape[1]):
+            for ro, ri in table.get(stu[o, i].numpy().tobytes(), ()):
+                out_votes[o, ro] += 1
+                in_votes[i, ri] += 1
+    out_idx, in_idx = out_votes.argmax(1), in_votes.argmax(1)
+    if not torch.equal(w_ref[out_idx][:, in_idx], w_stu):
+        return None
+    return out_idx, in_idx
+
+
+def _inputs_outputs(model, name, X, batch, want_out):
+    mod = model.get_submodule(name)
+    ins, outs = [], []
+
+    def hook(m, args, out):  # returns None: the forward output is left alone
+        ins.append(args[0].detach())
+        if want_out:
+            outs.append(out.detach())
+
+    h = mod.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            for i in range(0, len(X), batch):
+                model(X[i:i + batch])
+    finally:
+        h.remove()
+    return torch.cat(ins), (torch.cat(outs) if want_out else None)
+
+
+def _fit_layer(layer, frozen, x_s, x_t, y_t, config, gen):
+    """Adam on one student layer; ``frozen`` = the teacher layer restricted to the student's channels."""
+    params = [p for p in layer.parameters()]
+    opt = torch.optim.Adam(params, lr=config.lr)
+    n = len(x_s)
+    for _ in range(config.iters):
+        pick = torch.randint(0, n, (min(config.batch_size, n),), generator=gen)
+        ys = layer(x_s[pick])
+        if config.method == "cross":
+            with torch.no_grad():
+                y_st = frozen(x_s[pick])
+            loss = config.mu * F.mse_loss(layer(x_t[pick]), y_t[pick]) + (1 - config.mu) * F.mse_loss(ys, y_st)
+        else:
+            loss = F.mse_loss(ys, y_t[pick])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return loss.item()
+
+
+def _set_bn_eval(model):
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def finetune(model, X, Y, epochs, lr, batch_size, gen, progress=False, teacher=None, kd=0.0, temperature=4.0):
+    """End-to-end SGD fine-tune with cross-entropy (+ ``kd`` x T^2 x KL to the teacher's softened
+    logits when ``teacher`` is given); BatchNorm statistics stay frozen (few images)."""
+    from tqdm import tqdm
+
+    if epochs <= 0:
+        return model
+    soft = None
+    if teacher is not None and kd > 0:
+        with torch.no_grad():
+            soft = torch.cat([teacher(X[i:i + 256]) for i in range(0, len(X), 256)])
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    model.train()
+    _set_bn_eval(model)
+    for _ in tqdm(range(epochs), desc="distill: fine-tune", disable=not progress, leave=False):
+        for idx in torch.randperm(len(X), generator=gen).split(batch_size):
+            logits = model(X[idx])
+            loss = F.cross_entropy(logits, Y[idx])
+            if soft is not None:
+                loss = loss + kd * temperature ** 2 * F.kl_div(F.log_softmax(logits / temperature, 1),
+                                                               F.softmax(soft[idx] / temperature, 1), reduction="batchmean")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+@register_pass(DistillConfig)
+def distill(model, example_inputs, config, context=None):
+    """Few-shot recovery of ``model`` towards the teacher; returns a new model."""
+    from tqdm import tqdm
+
+    if context is None or context.data is None:
+        raise SlimkitError("distill needs few-shot data: compress(..., data=[(images, labels), ...])")
+    reference = context.extras.get("reference") or context.teacher
+    if reference is None:
+        raise SlimkitError("distill needs the teacher model (context.teacher)")
+    reference = reference.eval()
+    gen = torch.Generator().manual_seed(config.seed)
+    X, Y = few_shot(context.data, config.k, config.seed)
+    student = copy.deepcopy(model).eval()
+    report = {}
+    if config.method != "finetune":
+        ref_modules = dict(reference.named_modules())
+        names = [n for n, m in student.named_modules() if isinstance(m, _LAYERS)]
+        for name in tqdm(names, desc=f"distill: {config.method}", disable=not context.progress, leave=False):
+            layer, ref = student.get_submodule(name), ref_modules.get(name)
+            if type(ref) is not type(layer) or (isinstance(layer, torch.nn.Conv2d) and layer.groups != 1):
+                report[name] = "skipped: no matching teacher layer"
+                continue
+            maps = channel_maps(ref.weight.detach(), layer.weight.detach())
+            if maps is None:
+                report[name] = "skipped: channels do not match a slice of the teacher layer"
+                continue
+            out_idx, in_idx = maps
+            frozen = copy.deepcopy(layer).requires_grad_(False)  # = teacher restricted to kept channels
+            x_s, _ = _inputs_outputs(student, name, X, config.batch_size, False)
+            x_t, y_t = _inputs_outputs(reference, name, X, config.batch_size, True)
+            report[name] = _fit_layer(layer, frozen, x_s, x_t[:, in_idx], y_t[:, out_idx], config, gen)
+        student.eval()
+    finetune(student, X, Y, config.finetune_epochs, config.finetune_lr, min(config.batch_size, 32), gen,
+             progress=context.progress, teacher=context.teacher, kd=config.kd)
+    student.requires_grad_(True)
+    student.distill_report = report
+    return student

@@ -1,0 +1,71 @@
+"""Save and load compressed models in formats plain PyTorch / ONNX users can open safely.
+
+- Eager models -> ``.pt2``: a ``torch.export`` ExportedProgram (graph as JSON + weights), written with
+  ``torch.export.save``. Load it with plain PyTorch, no slimkit and no pickled Python code:
+  ``torch.export.load("model.pt2").module()(x)``. The batch dimension is dynamic.
+- ONNX Runtime modules (the int8 pass) -> ``.onnx``: open with ``onnxruntime.InferenceSession(path)``.
+
+``load(path)`` returns an nn.Module-callable in both cases.
+"""
+import os
+
+import torch
+
+from slimkit.errors import CheckpointError, SlimkitError
+
+
+def _as_tuple(x):
+    return x if isinstance(x, tuple) else (x,)
+
+
+def default_suffix(model):
+    from slimkit.compress.int8 import OrtModule
+
+    return ".onnx" if isinstance(model, OrtModule) else ".pt2"
+
+
+def save(model, path, example_inputs):
+    """Write ``model`` to ``path`` (.pt2 for eager models, .onnx for ORT modules); returns the path."""
+    from slimkit.compress.int8 import OrtModule
+
+    path = str(path)
+    want = default_suffix(model)
+    if not path.endswith(want):
+        raise SlimkitError(f"save: a {type(model).__name__} is saved as '{want}', got path {path!r}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if isinstance(model, OrtModule):
+        with open(path, "wb") as f:
+            f.write(model.onnx_bytes)
+        return path
+    inputs = _as_tuple(example_inputs)
+    if inputs[0].shape[0] == 1:  # export specialises size-1 dims; a batch of 2 keeps the batch dynamic
+        inputs = tuple(t.expand(2, *t.shape[1:]).contiguous() for t in inputs)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    was_training = model.training
+    model.eval()
+    try:
+        ep = torch.export.export(model, inputs, dynamic_shapes=tuple({0: batch} for _ in inputs))
+    except Exception as err:  # noqa: BLE001 - re-raised with what to do about it
+        raise SlimkitError(f"save: torch.export could not trace {type(model).__name__}: {err}") from err
+    finally:
+        model.train(was_training)
+    torch.export.save(ep, path)
+    return path
+
+
+def load(path):
+    """Load a model written by ``save``: a ``.pt2`` ExportedProgram's module or an ORT ``.onnx`` model."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no saved model at {path!r}")
+    if path.endswith(".onnx"):
+        from slimkit.compress.int8 import OrtModule
+
+        with open(path, "rb") as f:
+            return OrtModule(f.read(), kind="onnx")
+    if path.endswith(".pt2"):
+        try:
+            return torch.export.load(path).module()
+        except Exception as err:  # noqa: BLE001
+            raise CheckpointError(f"{path!r} is not a readable torch.export .pt2 archive: {err}") from err
+    raise CheckpointError(f"load: expected a .pt2 or .onnx file, got {path!r}")

@@ -1,0 +1,169 @@
+"""Profile a model: MACs, params, weight bytes, peak activations and measured latency.
+
+Examples::
+
+    slimkit profile --model resnet20                      # registry input size, batch 1
+    slimkit profile --model resnet20 --compare resnet56 --runtime eager,onnxruntime
+    slimkit profile --model mypkg.nets:build_net --input 1x3x64x64 --json prof.json
+"""
+import importlib
+import os
+import sys
+
+from slimkit.errors import CheckpointError, ShapeError
+
+
+def add_arguments(parser):
+    parser.add_argument("--model", required=True,
+                        help="zoo model name, or module:function returning an nn.Module (cwd is importable)")
+    parser.add_argument("--input", default=None,
+                        help="input shape(s), batch first, e.g. 1x3x32x32 (several: 1x3x32x32,1x10); "
+                             "default: the zoo model's input size at batch 1")
+    parser.add_argument("--dtype", default=None, help="input dtype (default: the zoo model's, else float32)")
+    parser.add_argument("--checkpoint", default=None, help="weights to load into --model")
+    parser.add_argument("--compare", default=None, metavar="OTHER_MODEL",
+                        help="a second model (same forms as --model) shown side by side with ratios B/A")
+    parser.add_argument("--compare-checkpoint", default=None, help="weights to load into --compare")
+    parser.add_argument("--compare-input", default=None,
+                        help="input shape(s) for --compare (default: --input, else its zoo size, else --model's inputs)")
+    parser.add_argument("--batch-sizes", default="1,64", help="comma-separated batch sizes to time (default 1,64; "
+                                                              "'none' counts only)")
+    parser.add_argument("--threads", default="1,all", help="CPU thread settings, e.g. 1,all (default)")
+    parser.add_argument("--runtime", default="eager", help="eager, onnxruntime, compile; comma-separated")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls before timing (default 3)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls per setting (default 20)")
+    parser.add_argument("--depth", type=int, default=2, help="module tree depth in the table (default 2)")
+    parser.add_argument("--json", default=None, metavar="OUT", help="write the profile(s) as JSON to OUT")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _parse_shapes(text):
+    try:
+        shapes = [tuple(int(d) for d in part.lower().split("x")) for part in text.split(",")]
+    except ValueError:
+        raise ShapeError(f"--input must look like 1x3x32x32 (several inputs: 1x3x32x32,1x10), got {text!r}") from None
+    if any(not s or min(s) < 1 for s in shapes):
+        raise ShapeError(f"--input dimensions must be positive integers, got {text!r}")
+    return shapes
+
+
+def _fmt(shape):
+    return "x".join(map(str, shape))
+
+
+def _load_user_checkpoint(model, path):
+    import torch
+
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {path} does not fit the model: {str(err).splitlines()[0]}") from err
+
+
+def build_model(spec, checkpoint=None):
+    """``(model, registry input_size or None, input dtype or None)`` for a zoo name or ``module:function``."""
+    if ":" in spec:
+        module_name, _, fn_name = spec.partition(":")
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())  # so a user's module in the cwd imports
+        try:
+            fn = getattr(importlib.import_module(module_name), fn_name)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"--model {spec!r}: cannot import {fn_name!r} from {module_name!r} ({err})") from err
+        model = fn()
+        import torch
+
+        if not isinstance(model, torch.nn.Module):
+            raise ValueError(f"--model {spec!r} must return a torch.nn.Module, got {type(model).__name__}")
+        if checkpoint:
+            _load_user_checkpoint(model, checkpoint)
+        return model, None, None
+    from slimkit.models import create_model, get_model_info
+
+    info = get_model_info(spec)  # unknown name -> ValueError listing the known models
+    return create_model(spec, checkpoint=checkpoint), info.input_size, info.input_dtype
+
+
+def _example_inputs(spec, input_text, dtype_text, input_size, input_dtype, fallback=None):
+    import torch
+
+    if input_text:
+        shapes = _parse_shapes(input_text)
+    elif input_size is not None:
+        shapes = [(1, *input_size)]
+    elif fallback is not None:  # --compare with a user model: same inputs as --model
+        return fallback
+    else:
+        raise ShapeError(f"--model {spec}: give the input shape with --input, e.g. --input 1x3x32x32")
+    dtype = getattr(torch, dtype_text, None) if dtype_text else (input_dtype or torch.float32)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"--dtype must be a torch dtype name such as float32 or int64, got {dtype_text!r}")
+    gen = torch.Generator().manual_seed(0)
+    if dtype.is_floating_point:
+        xs = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
+    else:  # token ids / indices: small values are valid for any vocabulary
+        xs = [torch.randint(0, 2, s, generator=gen, dtype=dtype) for s in shapes]
+    return xs[0] if len(xs) == 1 else tuple(xs)
+
+
+def _shape_hint(spec, input_size, err):
+    if input_size is None:
+        return err
+    return ShapeError(f"{spec} expects input Bx{_fmt(input_size)} (e.g. --input 1x{_fmt(input_size)}); {err}")
+
+
+def _prepare(spec, checkpoint, input_text, dtype_text, fallback=None):
+    from slimkit.profile.analysis import _check_forward, resize_batch
+
+    model, size, dtype = build_model(spec, checkpoint)
+    inputs = _example_inputs(spec, input_text, dtype_text, size, dtype, fallback)
+    try:
+        _check_forward(model.eval(), resize_batch(inputs, 1), spec)
+    except ShapeError as err:
+        raise _shape_hint(spec, size, err) from None
+    return model, inputs
+
+
+def _settings(args):
+    text = args.batch_sizes.strip().lower()
+    try:
+        batches = () if text in ("", "none", "0") else tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise ValueError(f"--batch-sizes must be comma-separated integers such as 1,64, got {args.batch_sizes!r}") from None
+    return dict(batch_sizes=batches, threads=tuple(t.strip() for t in args.threads.split(",")),
+                runtime=tuple(r.strip() for r in args.runtime.split(",")), warmup=args.warmup, repeats=args.repeats,
+                device=args.device, progress=not args.no_progress)
+
+
+def run(args) -> int:
+    import json
+
+    from slimkit.profile import compare_table, profile, profile_pair
+
+    kw = _settings(args)
+    model, inputs = _prepare(args.model, args.checkpoint, args.input, args.dtype)
+    if args.compare is None:
+        prof = profile(model, inputs, name=args.model, **kw)
+        print(prof.table(depth=args.depth))
+        if args.json:
+            prof.to_json(args.json)
+            print(f"wrote {args.json}")
+        return 0
+    other, other_inputs = _prepare(args.compare, args.compare_checkpoint, args.compare_input or args.input, args.dtype,
+                                   fallback=inputs)
+    a, b = profile_pair(model, inputs, other, other_inputs, names=(args.model, args.compare), **kw)
+    print(a.table(depth=args.depth) + "\n\n" + b.table(depth=args.depth) + "\n\n" + compare_table(a, b))
+    if args.json:
+        from slimkit.profile.compare import compare_rows
+
+        with open(args.json, "w") as f:
+            json.dump({"a": a.to_dict(), "b": b.to_dict(), "comparison": compare_rows(a, b)}, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0

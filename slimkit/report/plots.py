@@ -1,0 +1,45 @@
+"""Plots for reports (matplotlib, Agg backend: no display needed)."""
+
+
+def _pareto(points, key):
+    """Indices of points not dominated in (lower ``key``, higher accuracy)."""
+    front = []
+    for i, p in enumerate(points):
+        if not any(q[key] <= p[key] and q["accuracy"] >= p["accuracy"] and (q[key], q["accuracy"]) != (p[key], p["accuracy"])
+                   for q in points):
+            front.append(i)
+    return front
+
+
+def pareto_plot(points, path, title="accuracy vs cost"):
+    """``points``: dicts with label, accuracy (%), and macs and/or latency_ms. Writes a PNG with one
+    panel per cost axis present (accuracy vs MACs, accuracy vs measured latency); Pareto points
+    are joined by a line. Returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axes_keys = [(k, lbl) for k, lbl in (("macs", "MACs (millions)"), ("latency_ms", "measured latency (ms)"))
+                 if any(p.get(k) is not None for p in points)]
+    if not axes_keys:
+        raise ValueError("pareto_plot: points need 'macs' or 'latency_ms' values")
+    fig, axes = plt.subplots(1, len(axes_keys), figsize=(6 * len(axes_keys), 4.5), squeeze=False)
+    for ax, (key, label) in zip(axes[0], axes_keys):
+        pts = [p for p in points if p.get(key) is not None and p.get("accuracy") is not None]
+        scale = 1e6 if key == "macs" else 1.0
+        for p in pts:
+            ax.scatter(p[key] / scale, p["accuracy"], s=30)
+            ax.annotate(p["label"], (p[key] / scale, p["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        front = sorted((pts[i] for i in _pareto(pts, key)), key=lambda p: p[key])
+        if len(front) > 1:
+            ax.plot([p[key] / scale for p in front], [p["accuracy"] for p in front], "k--", lw=0.8, label="Pareto front")
+            ax.legend(fontsize=8)
+        ax.set_xlabel(label)
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,169 @@
+"""Train a zoo model on a data set, with checkpoints, resume, metrics logs and optional DDP.
+
+Settings come from TrainConfig defaults, then ``--config YAML`` (the ``config.yaml`` a run saves is a
+valid one), then the flags given on the command line. ``--nproc N`` re-launches this command under
+``torch.distributed.run`` with N processes on this host (gloo on CPU, nccl on CUDA); the same works by
+hand: ``torchrun --nproc_per_node N -m slimkit.cli train ...``.
+"""
+import argparse
+import os
+import subprocess
+import sys
+
+# (flag, dest, type, help); every default is SUPPRESS so only flags actually given override the YAML.
+_OPTIONS = [
+    ("--model", "model", str, "zoo model name (slimkit.models.list_models())"),
+    ("--data", "data", str, "data set spec for slimkit.data.load_dataset, e.g. digits or cifar10:PATH"),
+    ("--epochs", "epochs", int, "number of epochs"),
+    ("--batch-size", "batch_size", int, "mini-batch size per process"),
+    ("--lr", "lr", float, "learning rate"),
+    ("--optim", "optimizer", str, "optimizer name (slimkit.train.optim.list_optimizers())"),
+    ("--optim-opts", "optimizer_options", str, "optimizer options k=v,k=v (values parsed as YAML scalars)"),
+    ("--lr-schedule", "lr_schedule", str, "none | cosine | step"),
+    ("--loss", "loss", str, "ce | mse | huber"),
+    ("--grad-clip", "grad_clip", float, "clip the global gradient L2 norm to this value"),
+    ("--sampler", "sampler", str, "mini-batch sampler name (slimkit.train.sampling)"),
+    ("--sampler-opts", "sampler_options", str, "sampler options k=v,k=v"),
+    ("--memory-budget", "memory_budget", str, "training memory budget, e.g. 2GB or 512MiB"),
+    ("--compress", "compress", str, "gradient compressor for DDP runs, e.g. 'ecq(bits=2)'"),
+    ("--seed", "seed", int, "random seed"),
+    ("--device", "device", str, "auto | cpu | cuda | cuda:N"),
+    ("--out", "out_dir", str, "output directory (default runs/train/MODEL)"),
+    ("--checkpoint", "checkpoint", str, "initial model weights to load before training"),
+    ("--checkpoint-every", "checkpoint_every", int, "save a checkpoint every N epochs"),
+    ("--eval-every", "eval_every", int, "evaluate on the held-out split every N epochs"),
+    ("--num-workers", "num_workers", int, "DataLoader worker processes"),
+    ("--nproc", "nproc", int, "data-parallel processes on this host (re-launches under torchrun)"),
+    ("--config", "config", str, "YAML file of settings (TrainConfig keys plus model, data, checkpoint)"),
+]
+_FLAGS = [("--resume", "resume", "continue from OUT/checkpoint.pt (the last complete epoch)"),
+          ("--no-progress", "no_progress", "no progress bars")]
+_RUN_KEYS = ("model", "data", "checkpoint", "nproc")  # settings of the command, not of TrainConfig
+
+
+def add_arguments(parser):
+    for flag, dest, typ, text in _OPTIONS:
+        parser.add_argument(flag, dest=dest, type=typ, default=argparse.SUPPRESS, help=text)
+    for flag, dest, text in _FLAGS:
+        parser.add_argument(flag, dest=dest, action="store_true", default=argparse.SUPPRESS, help=text)
+
+
+def parse_options(text, what="--optim-opts"):
+    """'momentum=0.9,nesterov=true' -> {'momentum': 0.9, 'nesterov': True}."""
+    import yaml
+
+    if isinstance(text, dict):
+        return dict(text)
+    out = {}
+    for item in filter(None, (s.strip() for s in str(text).split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"bad {what} item {item!r}; expected key=value pairs separated by commas")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def resolve_settings(args) -> dict:
+    """Defaults < --config YAML < command-line flags; returns one flat dict."""
+    import yaml
+
+    given = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"}
+    settings = {}
+    if "config" in given:
+        path = given.pop("config")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--config {path!r}: no such YAML file")
+        with open(path) as f:
+            loaded = yaml.safe_load(f) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"--config {path!r} must hold a mapping of settings, got {type(loaded).__name__}")
+        meta = dict(loaded.get("meta") or {})
+        for key in _RUN_KEYS:  # a saved config.yaml keeps these under meta
+            if key in meta and key not in loaded:
+                loaded[key] = meta[key]
+        meta.pop("world_size", None)
+        loaded["meta"] = meta
+        settings.update(loaded)
+    if given.pop("no_progress", False):
+        given["progress"] = False
+    settings.update(given)
+    for key in ("optimizer_options", "sampler_options"):
+        if key in settings:
+            settings[key] = parse_options(settings[key], "--" + key.replace("optimizer", "optim").replace("_options", "-opts"))
+    return settings
+
+
+def _relaunch(args, nproc) -> int:
+    """Run this very command again under torch.distributed.run with ``nproc`` processes."""
+    argv = []
+    for flag, dest, _typ, _text in _OPTIONS:
+        if dest != "nproc" and dest in vars(args):
+            argv += [flag, str(getattr(args, dest))]
+    argv += [flag for flag, dest, _ in _FLAGS if getattr(args, dest, False)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "slimkit.cli", "train", *argv]
+    print("launching:", " ".join(cmd), flush=True)
+    return subprocess.call(cmd)
+
+
+def build_model(name, splits, checkpoint=None):
+    """Zoo model for ``splits``; ``num_classes`` is passed when the builder takes it."""
+    import inspect
+
+    from slimkit.models import create_model, get_model_info
+
+    info = get_model_info(name)  # ValueError naming the known models
+    kwargs = {}
+    if "num_classes" in inspect.signature(info.builder).parameters and getattr(splits, "num_classes", None):
+        kwargs["num_classes"] = splits.num_classes
+    data_size = tuple(getattr(splits, "input_size", ()) or ())
+    if data_size and tuple(info.input_size) != data_size:
+        raise ValueError(f"model {name!r} expects inputs of shape {tuple(info.input_size)} but the data set gives "
+                         f"{data_size}; pick a model made for this data (or resize the data in its spec)")
+    return create_model(name, checkpoint=checkpoint, **kwargs)
+
+
+def run(args) -> int:
+    from slimkit.train.trainer import config_from_dict, fit
+
+    settings = resolve_settings(args)
+    run_opts = {k: settings.pop(k) for k in _RUN_KEYS if k in settings}
+    model_name, data_spec = run_opts.get("model"), run_opts.get("data", "digits")
+    if not model_name:
+        raise ValueError("slimkit train needs --model NAME (or 'model:' in --config)")
+    nproc = int(run_opts.get("nproc") or 1)
+    if nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {nproc}")
+    if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return _relaunch(args, nproc)
+    settings.setdefault("out_dir", os.path.join("runs", "train", model_name))
+    settings["meta"] = {**settings.get("meta", {}), "model": model_name, "data": data_spec,
+                        "checkpoint": run_opts.get("checkpoint")}
+    config = config_from_dict(settings)  # validates names and values before any data is loaded
+    _check_optimizer(config.optimizer)
+    from slimkit.models import get_model_info
+    from slimkit.train.trainer import _lazy
+
+    get_model_info(model_name)  # unknown model: one-line error before the data is read
+    load_dataset = _lazy("slimkit.data", "load_dataset", "--data")
+    splits = load_dataset(data_spec)
+    import torch
+
+    torch.manual_seed(config.seed)  # the model's initial weights depend on the seed too
+    model = build_model(model_name, splits, run_opts.get("checkpoint"))
+    result = fit(model, splits.train, splits.test, config)
+    if int(os.environ.get("RANK", "0")) == 0:
+        last = result.final
+        acc = last.get("eval_accuracy")
+        acc_text = f"held-out accuracy {acc:.4f}" if acc is not None else f"held-out loss {last.get('eval_loss')}"
+        print(f"trained {model_name} on {data_spec} for {last.get('epoch')} epochs: {acc_text}; "
+              f"outputs in {config.out_dir}")
+    return 0
+
+
+def _check_optimizer(name):
+    from slimkit.train.optim import list_optimizers
+
+    if name not in list_optimizers():
+        raise ValueError(f"unknown optimizer {name!r}; known optimizers: {', '.join(list_optimizers())}")
+

@@ -1,0 +1,568 @@
+"""The training loop: ``fit(model, train_data, eval_data, config) -> TrainResult``.
+
+One loop serves single-process and torchrun (DDP) runs. Optional parts are imported only when
+configured: the optimizer registry (``slimkit.train.optim``), samplers (``slimkit.train.sampling``),
+the memory planner (``slimkit.train.memory``) and gradient compression (``slimkit.comm``).
+Everything a run produces goes to ``out_dir``: ``config.yaml`` (resolved config), ``metrics.csv`` and
+``metrics.jsonl`` (one row per epoch), ``checkpoint.pt`` (last complete epoch) and ``model.pt``.
+"""
+import csv
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
+from tqdm import tqdm  # not tqdm.auto: its asyncio wrapper calls iter() on the DataLoader an extra time
+
+from slimkit.errors import CheckpointError, SlimkitError
+from slimkit.train import checkpoint as ckpt
+
+LOSSES = ("ce", "mse", "huber")
+SCHEDULES = ("none", "cosine", "step")
+LOG_FORMATS = ("csv", "jsonl")
+_COMM_COUNTERS = ("bytes_sent", "compress_s", "comm_s", "hook_calls")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run. Round-trips through ``config_to_dict``/``config_from_dict``."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.1
+    optimizer: str = "sgd"
+    optimizer_options: dict = field(default_factory=dict)  # extra kwargs for create_optimizer
+    loss: str = "ce"  # "ce" | "mse" | "huber" (torch.nn.HuberLoss); mse/huber one-hot class targets
+    huber_delta: float = 1.0
+    lr_schedule: str = "none"  # "none" | "cosine" (over `epochs`) | "step" (x lr_gamma every lr_step_size)
+    lr_step_size: int = 30
+    lr_gamma: float = 0.1
+    grad_clip: Optional[float] = None  # max global L2 norm of the gradients
+    seed: int = 0
+    device: str = "auto"  # "auto" = CUDA when available, else CPU
+    out_dir: Optional[str] = None  # None: no files, no checkpoints
+    checkpoint_every: int = 1  # epochs; the last epoch is always checkpointed when out_dir is set
+    eval_every: int = 1  # epochs; the last epoch is always evaluated
+    log_format: str = "csv,jsonl"  # metrics files written to out_dir
+    sampler: Optional[str] = None  # name in slimkit.train.sampling; None = uniform shuffle
+    sampler_options: dict = field(default_factory=dict)
+    memory_budget: Optional[Union[str, int]] = None  # e.g. "2GB", "512MiB" or bytes
+    compress: Optional[str] = None  # gradient compressor spec for DDP runs, e.g. "ecq(bits=2)"
+    progress: bool = True
+    resume: Union[bool, str] = False  # True: out_dir/checkpoint.pt; a str: that checkpoint
+    num_workers: int = 0
+    meta: dict = field(default_factory=dict)  # provenance saved with the config (model, data, ...)
+    version: int = 1
+
+    def __post_init__(self):
+        _check_choice("loss", self.loss, LOSSES)
+        _check_choice("lr_schedule", self.lr_schedule, SCHEDULES)
+        for fmt in self.log_formats:
+            _check_choice("log_format", fmt, LOG_FORMATS)
+        for name in ("epochs", "batch_size", "checkpoint_every", "eval_every", "lr_step_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
+        if self.memory_budget is not None:
+            parse_size(self.memory_budget)  # fail early on a malformed size
+
+    @property
+    def log_formats(self):
+        return [f.strip() for f in str(self.log_format).split(",") if f.strip()]
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of: {', '.join(choices)}")
+
+
+def config_to_dict(config: TrainConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    """Build a TrainConfig from a dict; unknown keys raise ValueError naming the known ones."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown train config key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+    return TrainConfig(**data)
+
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(size) -> int:
+    """Bytes in ``size``: an int, or a string like "2GB" (10^9), "512MiB" (2^20), "1.5 GiB"."""
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return size
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(size))
+    if not m or m.group(2).lower() not in _UNITS or float(m.group(1)) <= 0:
+        raise ValueError(f"bad memory size {size!r}; expected a positive number with an optional unit "
+                         f"(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. '2GB' or '512MiB'")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module  # the trained model (unwrapped from DDP)
+    history: list  # one metrics dict per epoch
+    config: TrainConfig
+    out_dir: Optional[str] = None
+    checkpoint_path: Optional[str] = None
+
+    @property
+    def final(self) -> dict:
+        return self.history[-1] if self.history else {}
+
+    @property
+    def eval_accuracy(self) -> Optional[float]:
+        return self.final.get("eval_accuracy")
+
+
+def fit(model, train_data, eval_data=None, config: Optional[TrainConfig] = None, *, plugins=None, **overrides):
+    """Train ``model`` on ``train_data`` (a Dataset of (input, target)); evaluate on ``eval_data``.
+
+    ``config`` fields can be overridden by keyword, e.g. ``fit(model, train, test, epochs=3)``.
+    ``train_data`` may also be a ``slimkit.data.DatasetSplits`` (its ``train``/``test`` are used).
+    ``plugins`` maps names to stateful objects (``state_dict``/``load_state_dict``) stored in checkpoints.
+    """
+    config = dataclasses.replace(config or TrainConfig(), **overrides)
+    if eval_data is None and hasattr(train_data, "train") and hasattr(train_data, "test"):
+        train_data, eval_data = train_data.train, train_data.test
+    return Trainer(model, train_data, eval_data, config, plugins=plugins).fit()
+
+
+def evaluate(model, data, *, loss="ce", batch_size=256, device="cpu", huber_delta=1.0) -> dict:
+    """Mean loss and accuracy (None for non-class targets) of ``model`` on a Dataset."""
+    model.eval()
+    total, loss_sum, correct, has_acc = 0, 0.0, 0, True
+    with torch.no_grad():
+        for x, y in DataLoader(data, batch_size=batch_size, sampler=SequentialSampler(data)):
+            x, y = x.to(device), y.to(device)
+            out = model(x)
+            loss_sum += float(per_sample_loss(loss, out, y, huber_delta).sum())
+            c = _correct(out, y)
+            has_acc = has_acc and c is not None
+            correct += c or 0
+            total += len(y)
+    return {"loss": loss_sum / max(total, 1), "accuracy": correct / total if has_acc and total else None}
+
+
+def per_sample_loss(kind, logits, targets, huber_delta=1.0):
+    """Loss per sample (reduction='none', then mean over non-batch dims)."""
+    if kind == "ce":
+        return F.cross_entropy(logits, targets, reduction="none")
+    if not torch.is_floating_point(targets) and logits.dim() == 2:
+        targets = F.one_hot(targets.long(), logits.shape[1]).to(logits.dtype)  # class ids -> regression target
+    fn = torch.nn.MSELoss(reduction="none") if kind == "mse" else torch.nn.HuberLoss(reduction="none", delta=huber_delta)
+    out = fn(logits, targets.to(logits.dtype))
+    return out.flatten(1).mean(1) if out.dim() > 1 else out
+
+
+def _correct(logits, targets):
+    if torch.is_floating_point(targets) or logits.dim() != 2 or targets.dim() != 1:
+        return None
+    return int((logits.argmax(1) == targets).sum())
+
+
+class _Indexed(Dataset):
+    """Yields (x, y, index) so a reweighting sampler knows which samples are in the batch."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        x, y = self.data[i]
+        return x, y, i
+
+
+class Trainer:
+    """Owns one run; ``Trainer(model, train, eval, config).fit()`` is what :func:`fit` calls."""
+
+    def __init__(self, model, train_data, eval_data=None, config: Optional[TrainConfig] = None, plugins=None):
+        self.model, self.train_data, self.eval_data = model, train_data, eval_data
+        self.config = config or TrainConfig()
+        self.plugins = dict(plugins or {})
+        if len(train_data) == 0:
+            raise ValueError("train_data is empty; expected a Dataset with at least one (input, target) sample")
+
+    def register_stateful(self, name, obj):
+        """Store ``obj.state_dict()`` in every checkpoint under ``extra_state[name]``; restored on resume."""
+        if not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")):
+            raise TypeError(f"plug-in {name!r} needs state_dict() and load_state_dict()")
+        self.plugins[name] = obj
+
+    # ----------------------------------------------------------------------------- setup
+    def _setup_distributed(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self._owns_group = False
+        dev = self.config.device
+        if dev == "auto":
+            dev = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(dev)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+                self._owns_group = True
+        self.is_main = self.rank == 0
+
+    def _seed(self):
+        s = self.config.seed + self.rank  # different dropout per rank; DDP broadcasts rank 0's weights
+        random.seed(s)
+        np.random.seed(s % 2**32)
+        torch.manual_seed(s)
+
+    def _build_loader(self):
+        cfg, data = self.config, self.train_data
+        self.sampler, self.reweights = None, False
+        self.generator = torch.Generator()
+        if cfg.sampler:
+            if self.world > 1:
+                raise ValueError("a custom sampler is not supported in distributed runs yet; drop --sampler or --nproc")
+            create_sampler = _lazy("slimkit.train.sampling", "create_sampler", "sampler=")
+            self.sampler = create_sampler(cfg.sampler, len(data), seed=cfg.seed, **cfg.sampler_options)
+            self.reweights = bool(getattr(self.sampler, "reweights", False))
+            if self.reweights:
+                data = _Indexed(data)
+        elif self.world > 1:
+            from torch.utils.data.distributed import DistributedSampler
+
+            self.sampler = DistributedSampler(data, num_replicas=self.world, rank=self.rank, shuffle=True, seed=cfg.seed)
+        else:
+            self.sampler = RandomSampler(data, generator=self.generator)
+        self.loader = DataLoader(data, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=cfg.num_workers,
+                                 generator=self.generator, pin_memory=self.device.type == "cuda")
+
+    def _set_epoch(self, epoch):
+        # Shuffling depends only on (seed, epoch), so a resumed run sees the same batches.
+        self.generator.manual_seed(self.config.seed * 100_003 + epoch)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def _prepare_model(self):
+        cfg = self.config
+        model = self.model.to(self.device)
+        if cfg.memory_budget is not None:
+            apply_memory_budget = _lazy("slimkit.train.memory", "apply_memory_budget", "memory_budget=")
+            n = min(cfg.batch_size, len(self.train_data))
+            example = torch.utils.data.default_collate([self.train_data[i] for i in range(n)])[0].to(self.device)
+            model = apply_memory_budget(model, example, parse_size(cfg.memory_budget)).to(self.device)
+        self.core = model  # what gets saved: never the DDP wrapper
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.comm_state = None
+        if cfg.compress:
+            if self.world < 2:
+                raise ValueError(f"compress={cfg.compress!r} needs a distributed run (slimkit train --nproc N)")
+            register = _lazy("slimkit.comm", "register", "compress=")
+            parse_compressor = _lazy("slimkit.comm", "parse_compressor", "compress=")
+            self.comm_state = register(model, parse_compressor(cfg.compress))
+            self.register_stateful("comm", self.comm_state)
+        self.net = model
+        self.optimizer = _create_optimizer(cfg, model.parameters())
+        self.needs_closure = bool(getattr(self.optimizer, "needs_closure", False))
+        if cfg.lr_schedule == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
+        elif cfg.lr_schedule == "step":
+            self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.lr_step_size, cfg.lr_gamma)
+        else:
+            self.scheduler = None
+
+    # ----------------------------------------------------------------------------- checkpoints
+    @property
+    def checkpoint_path(self):
+        """Where this run writes its checkpoint: ``out_dir/checkpoint.pt``."""
+        return os.path.join(self.config.out_dir, "checkpoint.pt") if self.config.out_dir else None
+
+    @property
+    def resume_path(self):
+        return self.config.resume if isinstance(self.config.resume, str) else self.checkpoint_path
+
+    def _local_state(self):
+        """What differs between ranks: RNG streams and plug-in state (e.g. per-rank error buffers)."""
+        extra = {name: obj.state_dict() for name, obj in self.plugins.items()}
+        if hasattr(self.sampler, "state_dict"):
+            extra["sampler"] = self.sampler.state_dict()
+        return {"rng": ckpt.get_rng_state(), "extra_state": extra}
+
+    def _save(self):
+        """Collective in DDP runs (every rank calls it); rank 0 writes one file holding every rank's state."""
+        local = self._local_state()
+        ranks = [local]
+        if self.world > 1:
+            import torch.distributed as dist
+
+            ranks = [None] * self.world if self.is_main else None
+            dist.gather_object(local, ranks, dst=0)
+        if not self.is_main:
+            return
+        state = {
+            "model": self.core.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "epoch": self.epoch,
+            "step": self.step,
+            "rng": local["rng"],
+            "extra_state": local["extra_state"],
+            "ranks": ranks,  # per-rank rng/extra_state, rank order
+            "config": config_to_dict(self.config),
+            "history": self.history,
+        }
+        ckpt.save_checkpoint(self.checkpoint_path, state)
+
+    def _resume(self):
+        path = self.resume_path
+        if path is None:
+            raise CheckpointError("resume needs out_dir (to find checkpoint.pt) or a checkpoint path")
+        state = ckpt.load_checkpoint(path, map_location=self.device)
+        ranks = state.get("ranks") or []
+        # Same world size: each rank takes back its own streams and buffers; otherwise rank 0's.
+        local = ranks[self.rank] if len(ranks) == self.world else {"rng": state["rng"],
+                                                                     "extra_state": state.get("extra_state", {})}
+        try:
+            self.core.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None and state.get("scheduler"):
+                self.scheduler.load_state_dict(state["scheduler"])
+            extra = local.get("extra_state", {})
+            for name, obj in self.plugins.items():
+                if name in extra:
+                    obj.load_state_dict(extra[name])
+            if "sampler" in extra and hasattr(self.sampler, "load_state_dict"):
+                self.sampler.load_state_dict(extra["sampler"])
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise CheckpointError(f"checkpoint {path!r} does not fit this model/optimizer: {err}") from err
+        ckpt.set_rng_state(local["rng"])
+        self.epoch, self.step, self.history = int(state["epoch"]), int(state["step"]), list(state.get("history", []))
+
+    # ----------------------------------------------------------------------------- training
+    def fit(self) -> TrainResult:
+        cfg = self.config
+        self._setup_distributed()
+        try:
+            self._seed()
+            self._build_loader()
+            self._prepare_model()
+            self.epoch, self.step, self.history = 0, 0, []
+            if cfg.resume:
+                self._resume()
+            log = _MetricsLog(cfg, compress=self.comm_state is not None) if (cfg.out_dir and self.is_main) else None
+            if log:
+                _write_yaml(os.path.join(cfg.out_dir, "config.yaml"),
+                            {**config_to_dict(cfg), "device": str(self.device),
+                             "meta": {**cfg.meta, "world_size": self.world}})
+                log.reset(self.history)
+            while self.epoch < cfg.epochs:
+                row = self._train_epoch()
+                self.epoch += 1
+                last = self.epoch == cfg.epochs
+                if self.eval_data is not None and (last or self.epoch % cfg.eval_every == 0) and self.is_main:
+                    ev = evaluate(self.core, self.eval_data, loss=cfg.loss, batch_size=max(cfg.batch_size, 256),
+                                  device=self.device, huber_delta=cfg.huber_delta)
+                    row.update(eval_loss=ev["loss"], eval_accuracy=ev["accuracy"])
+                self.history.append(row)
+                if log:
+                    log.append(row)
+                if cfg.out_dir and (last or self.epoch % cfg.checkpoint_every == 0):
+                    self._save()
+                if cfg.progress and self.is_main:
+                    tqdm.write(_summary(row))
+                self._barrier()
+            if cfg.out_dir and self.is_main:
+                _save_weights(self.core, os.path.join(cfg.out_dir, "model.pt"))
+            return TrainResult(self.core, self.history, cfg, cfg.out_dir, self.checkpoint_path)
+        finally:
+            if self._owns_group:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
+
+    def _barrier(self):
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def _train_epoch(self) -> dict:
+        cfg, net = self.config, self.net
+        self._set_epoch(self.epoch)
+        net.train()
+        t0, n, loss_sum, correct, has_acc = time.perf_counter(), 0, 0.0, 0, True
+        lr = self.optimizer.param_groups[0]["lr"]  # the lr this epoch ran with (the scheduler steps at its end)
+        comm = {k: 0 for k in _COMM_COUNTERS} if self.comm_state is not None else None
+        bar = tqdm(self.loader, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not (cfg.progress and self.is_main))
+        for batch in bar:
+            loss, out, y = self._train_step(batch)
+            if comm is not None:
+                if hasattr(self.comm_state, "observe_loss"):
+                    self.comm_state.observe_loss(float(loss))  # adaptive compressors (MQGrad) learn from it
+                for k, v in (self.comm_state.pop_stats() or {}).items():
+                    # counters add up over the epoch; a setting such as the current bit width is last-value
+                    comm[k] = comm.get(k, 0) + v if k in _COMM_COUNTERS else v
+            n += len(y)
+            loss_sum += float(loss) * len(y)
+            c = _correct(out, y)
+            has_acc = has_acc and c is not None
+            correct += c or 0
+            bar.set_postfix(loss=f"{loss_sum / n:.4f}", acc=f"{correct / n:.3f}" if has_acc else "-", refresh=False)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        stats = torch.tensor([loss_sum, float(correct), float(n)], dtype=torch.float64)
+        if self.world > 1:  # every rank saw a different shard: report the global means
+            import torch.distributed as dist
+
+            stats = stats.to(self.device)
+            dist.all_reduce(stats)
+            stats = stats.cpu()
+        seconds = time.perf_counter() - t0
+        row = {"epoch": self.epoch + 1, "step": self.step, "lr": lr,
+               "train_loss": float(stats[0] / stats[2]),
+               "train_accuracy": float(stats[1] / stats[2]) if has_acc else None,
+               "eval_loss": None, "eval_accuracy": None, "epoch_time_s": seconds,
+               "samples_per_s": float(stats[2]) / seconds}
+        if comm is not None:
+            row.update(comm)
+        return row
+
+    def _train_step(self, batch):
+        cfg, opt = self.config, self.optimizer
+        x, y = batch[0].to(self.device, non_blocking=True), batch[1].to(self.device, non_blocking=True)
+        idx = batch[2] if self.reweights else None
+        weights = None
+        if self.reweights:
+            weights = torch.as_tensor(self.sampler.loss_weights(idx), dtype=torch.float32, device=self.device)
+
+        def forward_backward():
+            opt.zero_grad(set_to_none=True)
+            out = self.net(x)
+            if self.reweights:
+                out.retain_grad()
+            per = per_sample_loss(cfg.loss, out, y, cfg.huber_delta)
+            loss = (per * weights).mean() if weights is not None else per.mean()
+            loss.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+            return loss, out
+
+        loss, out = forward_backward()
+        if self.reweights:
+            # d(mean_i w_i l_i)/d(logits_i) = w_i/B * dl_i/d(logits_i): undo both to get ||dl_i/d(logits_i)||.
+            g = out.grad.detach().flatten(1).norm(dim=1) * len(y) / weights.clamp_min(1e-12)
+            self.sampler.update(idx, g.cpu())
+        if self.needs_closure:
+            # Gradients at the current point are already in p.grad; the optimizer calls the closure
+            # for any further evaluation on the SAME mini-batch (e.g. SGD-G2's second stage).
+            opt.step(lambda: forward_backward()[0])
+        else:
+            opt.step()
+        self.step += 1
+        return loss.detach(), out.detach(), y
+
+
+def _lazy(module, attr, what):
+    """``module.attr``, imported only when a run is configured to use it."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise SlimkitError(f"{what} needs {module}.{attr}, which this slimkit install lacks ({err})") from err
+
+
+def _create_optimizer(cfg, params):
+    from slimkit.train.optim import create_optimizer
+
+    return create_optimizer(cfg.optimizer, params, **{"lr": cfg.lr, **cfg.optimizer_options})
+
+
+class _MetricsLog:
+    """metrics.csv and metrics.jsonl in out_dir, rewritten from the history on (re)start."""
+
+    COLUMNS = ["epoch", "step", "lr", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy",
+               "epoch_time_s", "samples_per_s"]
+
+    def __init__(self, cfg, compress=False):
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        self.formats = cfg.log_formats
+        self.columns = self.COLUMNS + (list(_COMM_COUNTERS) + ["bits"] if compress else [])
+        self.paths = {f: os.path.join(cfg.out_dir, "metrics." + f) for f in self.formats}
+
+    def reset(self, history):
+        # Rows after the resumed checkpoint are dropped: those epochs run again.
+        if "csv" in self.paths:
+            with open(self.paths["csv"], "w", newline="") as f:
+                csv.DictWriter(f, self.columns, extrasaction="ignore").writeheader()
+        if "jsonl" in self.paths:
+            open(self.paths["jsonl"], "w").close()
+        for row in history:
+            self.append(row)
+
+    def append(self, row):
+        if "csv" in self.paths:
+            with open(self.paths["csv"], "a", newline="") as f:
+                clean = {k: ("" if v is None else v) for k, v in row.items()}
+                csv.DictWriter(f, self.columns, extrasaction="ignore").writerow(clean)
+        if "jsonl" in self.paths:
+            with open(self.paths["jsonl"], "a") as f:
+                f.write(json.dumps({k: _json_safe(v) for k, v in row.items()}) + "\n")
+
+
+def _json_safe(v):
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def _summary(row):
+    parts = [f"epoch {row['epoch']}", f"train_loss {row['train_loss']:.4f}"]
+    if row.get("train_accuracy") is not None:
+        parts.append(f"train_acc {row['train_accuracy']:.4f}")
+    if row.get("eval_loss") is not None:
+        parts.append(f"eval_loss {row['eval_loss']:.4f}")
+    if row.get("eval_accuracy") is not None:
+        parts.append(f"eval_acc {row['eval_accuracy']:.4f}")
+    parts.append(f"{row['samples_per_s']:.0f} samples/s")
+    return " | ".join(parts)
+
+
+def _write_yaml(path, data):
+    import yaml
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        yaml.safe_dump(data, f, sort_keys=False)
+
+
+def _save_weights(model, path):
+    # Same atomic write as checkpoints, but a bare state_dict that create_model(checkpoint=) can load.
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=os.path.dirname(os.path.abspath(path)))
+    with os.fdopen(fd, "wb") as f:
+        torch.save(model.state_dict(), f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+from _toys_a import ToyNet, assert_untouched, randomize_bn, state_copy, one_thread  # noqa: F401 (autouse fixture)
+from slimkit.compress.base import CompressContext, get_pass
+from slimkit.compress.budget import BudgetConfig, allocate, budget, weight_bytes
+from slimkit.profile.counting import count_macs
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return randomize_bn(ToyNet(width=8), seed).eval()
+
+
+def test_allocate_minimises_worst_layer_error_at_target():
+    options = {"a": [(0, 0), (10, 0.2), (20, 0.5)], "b": [(0, 0), (10, 0.1), (30, 0.6)]}
+
+    def metric(levels):
+        return 100 - sum(options[k][v][0] for k, v in levels.items())
+
+    assert allocate(options, metric, 85) == ({"a": 1, "b": 1}, 80, True)  # eps 0.2: a->1, b->1
+    assert allocate(options, metric, 75) == ({"a": 2, "b": 1}, 70, True)  # eps 0.5
+    assert allocate(options, metric, 100) == ({"a": 0, "b": 0}, 100, True)
+    assert allocate(options, metric, 10) == ({"a": 2, "b": 2}, 50, False)  # unreachable: most compressed
+
+
+@pytest.mark.parametrize("method", ["prune", "lowrank"])
+def test_budget_meets_macs_target(method):
+    model, x = _model(), torch.randn(8, 3, 8, 8)
+    before = state_copy(model)
+    ctx = CompressContext(progress=False)
+    out = budget(model, x, BudgetConfig(target_macs=0.6, method=method, steps=4), ctx)
+    info = ctx.extras["budget"]
+    assert info["met"] and info["metric"] == "macs"
+    assert count_macs(out, x) <= 0.6 * count_macs(model, x) and info["achieved"] == count_macs(out, x)
+    assert out(x).shape == (8, 5) and 0 < info["output_error"] < 1.5
+    assert_untouched(model, before)
+
+
+def test_budget_bytes_and_latency_targets():
+    model, x = _model(1), torch.randn(4, 3, 8, 8)
+    ctx = CompressContext(progress=False)
+    out = budget(model, x, BudgetConfig(target_bytes=0.7, method="lowrank", steps=4), ctx)
+    assert weight_bytes(out) <= 0.7 * weight_bytes(model) and ctx.extras["budget"]["metric"] == "bytes"
+    ctx = CompressContext(progress=False)
+    budget(model, x, BudgetConfig(target_latency_ms=1e6, steps=2), ctx)  # already met: nothing pruned
+    assert ctx.extras["budget"]["met"] and set(ctx.extras["budget"]["levels"].values()) == {0}
+
+
+def test_budget_config_errors():
+    with pytest.raises(ValueError, match="exactly one"):
+        BudgetConfig()
+    with pytest.raises(ValueError, match="exactly one"):
+        BudgetConfig(target_macs=0.5, target_bytes=0.5)
+    with pytest.raises(ValueError, match="method"):
+        BudgetConfig(target_macs=0.5, method="quantize")
+    assert get_pass("budget")[0] is BudgetConfig

@@ -1,0 +1,56 @@
+import pytest
+import torch
+from torch import nn
+
+from _toys_a import toy_net, one_thread  # noqa: F401 (autouse fixture)
+from slimkit.compress.graph import build_graph
+from slimkit.compress.importance import (get_importance, group_scores, list_importances, record,
+                                         redundancy_residuals, gram)
+
+
+class Two(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn, self.b = nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.bn(self.a(x))))
+
+
+def _graph():
+    m = Two().eval()
+    with torch.no_grad():
+        m.a.weight.copy_(torch.tensor([[1., 1, 1], [2, 0, 0], [0, 0, 0.3], [-3, 3, 3]]))
+        m.bn.weight.copy_(torch.tensor([0.1, 2.0, 1.0, 0.5]))
+    return build_graph(m, torch.randn(5, 3))
+
+
+def test_magnitude_and_bn_scores_exact():
+    g = _graph()
+    assert list_importances() == ["bn_scale", "l1", "l2", "redundancy", "vote"]
+    l1 = get_importance("l1")(g)["a"]
+    torch.testing.assert_close(l1, torch.tensor([1.0, 2 / 3, 0.1, 3.0]))
+    torch.testing.assert_close(get_importance("bn_scale")(g)["a"], torch.tensor([0.1, 2.0, 1.0, 0.5]))
+    scores = group_scores(g, {"a": torch.tensor([1.0, 2.0, 3.0, 2.0])})
+    assert sorted(scores.values()) == pytest.approx([0.5, 1.0, 1.0, 1.5])  # divided by the layer mean
+    with pytest.raises(ValueError, match="expected one of"):
+        get_importance("nope")
+
+
+def test_vote_counts_top_units_per_sample():
+    g = _graph()
+    acts = torch.tensor([[5., 4, 0, 1], [3, 9, 1, 0], [2, 8, 7, 0]])
+    votes = get_importance("vote")(g, lambda wanted: {s: acts for s in wanted}, q=0.5)["a"]
+    torch.testing.assert_close(votes, torch.tensor([2 / 3, 1.0, 1 / 3, 0.0]) + 1e-6)
+
+
+def test_redundancy_residual_zero_for_dependent_unit():
+    torch.manual_seed(0)
+    a = torch.randn(50, 4)
+    a[:, 3] = 2 * a[:, 0] - a[:, 1]
+    res = redundancy_residuals(gram(a))
+    assert float(res[3]) < 1e-4 and float(res[2]) > 0.5
+    model, x = toy_net(), torch.randn(2, 3, 8, 8)
+    g = build_graph(model, x)
+    rec = record(g.gm, [(x,)], ["relu"])
+    assert rec["relu"].shape == (2, 4, 8, 8)

@@ -1,0 +1,110 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from slimkit.compress.base import CompressContext
+from slimkit.compress.pq import (PQConfig, PQConv2d, PQLinear, error_correct, kmeans_pq, pack_indices, pq,
+                                 response_stats, unpack_indices)
+
+from _toys_b import snr_db, tiny_data, tiny_model
+
+
+@settings(max_examples=30, deadline=None)
+@given(bits=st.integers(1, 8), n=st.integers(1, 300), seed=st.integers(0, 1000))
+def test_pack_unpack_round_trip(bits, n, seed):
+    a = np.random.default_rng(seed).integers(0, 2 ** bits, size=n).astype(np.uint8)
+    packed = pack_indices(a, bits)
+    assert packed.size == math.ceil(n * bits / 8)
+    assert np.array_equal(unpack_indices(packed, bits, n), a)
+
+
+def test_kmeans_exact_when_few_distinct_vectors():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(3, 4, 1)  # 3 output rows -> 3 sub-vectors per subspace <= k: lossless
+    books, idx = kmeans_pq(w, 2, 4, 10, g)
+    rebuilt = books[torch.arange(2)[:, None, None], idx].permute(1, 0, 3, 2).reshape(3, 4, 1)
+    torch.testing.assert_close(rebuilt, w, rtol=0, atol=0)
+
+
+def test_storage_bytes_exact():
+    books = torch.zeros(4, 16, 2)  # M=4 subspaces of d=2, k=16 -> 4-bit indices
+    idx = torch.zeros(4, 10, 9, dtype=torch.long)  # out=10, 3x3 kernel
+    conv = torch.nn.Conv2d(8, 10, 3)
+    layer = PQConv2d(conv, books, idx, "float16")
+    assert layer.bits == 4
+    assert layer.storage_bytes() == 4 * 16 * 2 * 2 + math.ceil(4 * 10 * 9 * 4 / 8) + 10 * 4
+    assert layer.packed_state()["packed_indices"].numel() == 180
+
+
+def test_lut_path_equals_dense_fallback():
+    torch.manual_seed(0)
+    books, idx = torch.randn(3, 8, 4), torch.randint(0, 8, (3, 5, 1))
+    bias = torch.randn(5)
+    lut = PQLinear(books, idx, bias, "float32", lut=True)
+    dense = PQLinear(books, idx, bias, "float32", lut=False)
+    x = torch.randn(7, 2, 12)
+    torch.testing.assert_close(lut(x), dense(x), rtol=1e-5, atol=1e-5)
+
+
+def test_error_correction_lowers_response_error():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(16, 8, 9, generator=g)
+    S = torch.randn(512, 8, 9, generator=g)
+    S[:, ::4] *= 4  # inputs anisotropic inside each subspace: what response-aware correction exploits
+    T = torch.einsum("rcp,ocp->ro", S, w)
+    books, idx = kmeans_pq(w, 4, 8, 20, g)
+    books2, idx2, e0, e1 = error_correct(books, idx, *response_stats(S, T), iters=3)
+    assert e1 < 0.9 * e0
+
+    def direct(b, i):  # the error computed from the rows themselves, not the statistics
+        W = b[torch.arange(2)[:, None, None], i].permute(1, 0, 3, 2).reshape(16, 8, 9)
+        return float(((T - torch.einsum("rcp,ocp->ro", S, W)) ** 2).sum() / (T ** 2).sum())
+
+    assert e0 == pytest.approx(direct(books, idx), rel=1e-6) and e1 == pytest.approx(direct(books2, idx2), rel=1e-6)
+
+
+def test_pq_pass_on_tiny_resnet():
+    model = tiny_model()
+    data = tiny_data()
+    x = torch.cat([b[0] for b in data])
+    ctx = CompressContext(data=data, progress=False)
+    plain = pq(model, x[:1], PQConfig(k=8, sub_dim=2, ec_iters=0), ctx)
+    fixed = pq(model, x[:1], PQConfig(k=8, sub_dim=2, ec_iters=2), ctx)
+    assert sum(isinstance(m, (PQConv2d, PQLinear)) for m in fixed.modules()) == 5
+    assert type(model.conv1) is torch.nn.Conv2d  # input untouched
+    ref = model(x)
+    assert snr_db(ref, fixed(x)) > 15.0
+    assert snr_db(ref, fixed(x)) > snr_db(ref, plain(x))  # error correction helps on the calibration data
+    dense = sum(m.weight.numel() * 4 for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    packed = sum(m.storage_bytes() for m in fixed.modules() if isinstance(m, (PQConv2d, PQLinear)))
+    assert packed < dense / 2.5  # tiny layers: codebooks dominate; real nets compress far more
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match=r"k must be in \[2, 256\]"):
+        PQConfig(k=512)
+
+
+def test_codebooks_train_and_stay_in_storage_precision():
+    model = tiny_model()
+    data = tiny_data()
+    q = pq(model, data[0][0][:1], PQConfig(k=4, sub_dim=2, ec_iters=0), CompressContext(data=data, progress=False))
+    X, Y = torch.cat([b[0] for b in data]), torch.cat([b[1] for b in data])
+    opt = torch.optim.SGD(q.parameters(), lr=0.05)
+    ce = torch.nn.functional.cross_entropy
+    q.train()
+    first = float(ce(q(X), Y))
+    for _ in range(20):
+        opt.zero_grad()
+        loss = ce(q(X), Y)
+        loss.backward()
+        opt.step()
+    q.eval()
+    with torch.no_grad():
+        assert float(ce(q(X), Y)) < first
+        w = q.conv1.dense_weight()
+    assert torch.equal(w, w.half().float())  # forward sees fp16-rounded codebooks: what is stored
+    assert q.conv1.packed_state()["codebooks"].dtype == torch.float16
