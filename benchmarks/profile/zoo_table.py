@@ -16,6 +16,7 @@ import torch
 
 import slimkit
 from slimkit.models import create_model, get_model_info, list_models
+from slimkit.profile.analysis import cpu_name
 from slimkit.report.table import to_markdown
 
 
@@ -75,7 +76,7 @@ def main(argv=None):
     header = [
         f"# slimkit zoo profile ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC)",
         "",
-        f"Hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
+        f"Hardware: {cpu_name()}, {os.cpu_count()} cores "
         f"({platform.platform()}); torch {torch.__version__}; threads={args.threads}; batch 1; "
         f"warm-up {args.warmup}, {args.repeats} timed calls; MACs and bytes for one forward at batch 1; "
         "peak act. = peak live activation bytes during a no-grad forward (inputs and weights excluded).",

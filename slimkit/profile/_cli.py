@@ -10,7 +10,7 @@ import importlib
 import os
 import sys
 
-from slimkit.errors import CheckpointError, ShapeError
+from slimkit.errors import ShapeError
 
 
 def add_arguments(parser):
@@ -52,21 +52,6 @@ def _fmt(shape):
     return "x".join(map(str, shape))
 
 
-def _load_user_checkpoint(model, path):
-    import torch
-
-    if not os.path.exists(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {path} does not fit the model: {str(err).splitlines()[0]}") from err
-
-
 def build_model(spec, checkpoint=None):
     """``(model, registry input_size or None, input dtype or None)`` for a zoo name or ``module:function``."""
     if ":" in spec:
@@ -83,7 +68,9 @@ def build_model(spec, checkpoint=None):
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"--model {spec!r} must return a torch.nn.Module, got {type(model).__name__}")
         if checkpoint:
-            _load_user_checkpoint(model, checkpoint)
+            from slimkit.models import load_checkpoint
+
+            load_checkpoint(model, checkpoint)
         return model, None, None
     from slimkit.models import create_model, get_model_info
 

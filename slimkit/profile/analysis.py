@@ -193,9 +193,21 @@ def on_device(model, dev):
     return model
 
 
+def cpu_name() -> str:
+    """The CPU model (Linux: /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _environment(device):
     env = {"torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-           "processor": platform.processor() or platform.machine(), "cpu_cores": os.cpu_count(),
+           "processor": cpu_name(), "cpu_cores": os.cpu_count(),
            "torch_threads_default": torch.get_num_threads()}
     if torch.device(device).type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))

@@ -104,6 +104,6 @@ def test_user_model_checkpoint(tmp_path, monkeypatch, capsys):
     args = ["profile", "--model", "my_profile_ckpt:build", "--input", "1x4", "--batch-sizes", "none"]
     assert main([*args, "--checkpoint", str(good)]) == 0
     assert main([*args, "--checkpoint", str(bad)]) == 2
-    assert "does not fit the model" in capsys.readouterr().err
+    assert "does not fit Linear" in capsys.readouterr().err
     assert main([*args, "--checkpoint", str(tmp_path / "missing.th")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
