@@ -102,6 +102,11 @@ MAC_FREE_OPS = frozenset(f"aten.{name}" for name in """
 """.split())
 
 
+def is_mac_free(op: str) -> bool:
+    """True for ops in ``MAC_FREE_OPS`` and their in-place twins (``aten.relu_`` like ``aten.relu``)."""
+    return op in MAC_FREE_OPS or op.rstrip("_") in MAC_FREE_OPS
+
+
 @dataclass
 class OpAnalysis:
     """One traced forward: MACs total, per module (dotted name, '' = root) and per aten op, the
@@ -152,7 +157,7 @@ def analyze_ops(model, example_inputs) -> OpAnalysis:
         by_module[name] = sum(ops.values()) // 2
     by_operator = {str(op): flops // 2 for op, flops in counts.get("Global", {}).items()}
     counted = {str(op) for op in counter.flop_registry}
-    unsupported = Counter(op for op in tracker.op_calls.elements() if op not in counted and op not in MAC_FREE_OPS)
+    unsupported = Counter(op for op in tracker.op_calls.elements() if op not in counted and not is_mac_free(op))
     return OpAnalysis(
         macs=counter.get_total_flops() // 2,
         by_module=by_module,

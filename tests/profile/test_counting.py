@@ -1,4 +1,5 @@
 """Exact MAC / parameter / byte / activation counts on tiny nets (hand-computed in _profile_nets.py)."""
+import pytest
 import torch
 import torch.nn as nn
 
@@ -101,3 +102,14 @@ def test_transformer_encoder_fast_path_formula():
     assert list(fast.by_operator) == ["aten._transformer_encoder_layer_fwd"]
     expected = 4 * b * seq * e * e + 2 * b * seq * seq * e + 2 * b * seq * e * ffn
     assert fast.macs == analyze_ops(layer.train(), x).macs == expected
+
+
+@pytest.mark.parametrize("cls,gates", [(nn.RNN, 1), (nn.GRU, 3), (nn.LSTM, 4)])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_recurrent_layers_counted_exactly(cls, gates, bidirectional):
+    batch, steps, inp, hid, d = 3, 5, 8, 16, 2 if bidirectional else 1
+    net = cls(inp, hid, num_layers=2, batch_first=True, bidirectional=bidirectional).eval()
+    ops = analyze_ops(net, torch.randn(batch, steps, inp))
+    # per step, sample and direction: gates*H*(in + H); layer 2 reads d*H features
+    expected = batch * steps * d * (gates * hid * (inp + hid) + gates * hid * (d * hid + hid))
+    assert ops.macs == expected and ops.unsupported_ops == {}
