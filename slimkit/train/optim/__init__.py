@@ -34,3 +34,7 @@ register_optimizer("sgd")(lambda params, lr=0.1, momentum=0.9, weight_decay=5e-4
     params, lr=lr, momentum=momentum, weight_decay=weight_decay, **kw))
 register_optimizer("adam")(lambda params, lr=1e-3, **kw: torch.optim.Adam(params, lr=lr, **kw))
 register_optimizer("adamw")(lambda params, lr=1e-3, **kw: torch.optim.AdamW(params, lr=lr, **kw))
+
+
+# Each module registers its optimizers on import (after the registry above exists).
+from slimkit.train.optim import frank_wolfe, sgd_g2  # noqa: E402,F401

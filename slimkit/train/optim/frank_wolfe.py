@@ -1,0 +1,98 @@
+"""Frank-Wolfe RNN training (Yue et al., ICPR 2020; methods.md section 5).
+
+Each outer step runs ``inner_steps`` (T) Frank-Wolfe iterations inside an L2 ball of radius r around the current
+weights w_k, one mini-batch each:
+
+    d_t = g_t / ||g_t||                        (per parameter tensor)
+    D_t = (1 - 1/t) D_{t-1} - (r / t) d_t      (FW step 1/t towards the ball's vertex -r d_t; D_0 = 0)
+    w   = w_k + D_t                            (the textbook FW iterate; the authors' code adds D_t cumulatively)
+
+At t = T the weights are restored to w_k and the averaged direction -D_T / r is applied as the gradient of a
+base optimizer (Adam by default), then D restarts. With T = 1 this is Adam on per-tensor normalised gradients.
+Truncated BPTT needs nothing special: call ``step()`` after each chunk's backward.
+"""
+
+import torch
+
+from slimkit.train.optim import register_optimizer
+
+
+class FrankWolfe(torch.optim.Optimizer):
+    def __init__(self, params, radius=1e-3, inner_steps=1, base="adam", lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+                 momentum=0.9, weight_decay=0.0):
+        if radius <= 0:
+            raise ValueError(f"radius must be > 0, got {radius}")
+        if int(inner_steps) < 1:
+            raise ValueError(f"inner_steps must be >= 1, got {inner_steps}")
+        if base not in ("adam", "sgd"):
+            raise ValueError(f"base must be 'adam' or 'sgd', got {base!r}")
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        defaults = dict(radius=radius, inner_steps=int(inner_steps), base=base, lr=lr, betas=tuple(betas), eps=eps,
+                        momentum=momentum, weight_decay=weight_decay)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            r, T = group["radius"], group["inner_steps"]
+            for p in group["params"]:
+                if p.grad is None and not self.state[p]:
+                    continue  # never had a gradient: leave it alone
+                state = self.state[p]
+                t = state.get("t", 0) + 1
+                if t == 1:
+                    state["anchor"] = p.detach().clone()
+                    state["delta"] = torch.zeros_like(p)
+                if p.grad is not None:
+                    norm = p.grad.norm()
+                    d = p.grad / norm if norm > 0 else torch.zeros_like(p)
+                else:
+                    d = torch.zeros_like(p)
+                delta = state["delta"].mul_(1 - 1 / t).add_(d, alpha=-r / t)
+                if t < T:
+                    p.copy_(state["anchor"] + delta)
+                    state["t"] = t
+                    continue
+                p.copy_(state["anchor"])
+                self._base_update(p, -delta / r, group, state)
+                state["t"] = 0
+                del state["anchor"], state["delta"]
+        return loss
+
+    @staticmethod
+    def _base_update(p, grad, group, state):
+        if group["weight_decay"]:
+            grad = grad.add(p, alpha=group["weight_decay"])
+        if group["base"] == "sgd":
+            buf = state.setdefault("momentum_buffer", torch.zeros_like(p))
+            buf.mul_(group["momentum"]).add_(grad)
+            p.add_(buf, alpha=-group["lr"])
+            return
+        beta1, beta2 = group["betas"]
+        state["outer_step"] = state.get("outer_step", 0) + 1
+        k = state["outer_step"]
+        m = state.setdefault("exp_avg", torch.zeros_like(p))
+        v = state.setdefault("exp_avg_sq", torch.zeros_like(p))
+        m.mul_(beta1).add_(grad, alpha=1 - beta1)
+        v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        denom = (v / (1 - beta2 ** k)).sqrt_().add_(group["eps"])
+        p.addcdiv_(m, denom, value=-group["lr"] / (1 - beta1 ** k))
+
+
+@register_optimizer("fw-adam")
+def fw_adam(params, lr=1e-3, radius=1e-3, inner_steps=1, **kwargs):
+    """Frank-Wolfe inner loop + Adam outer step."""
+    return FrankWolfe(params, radius=radius, inner_steps=inner_steps, base="adam", lr=lr, **kwargs)
+
+
+@register_optimizer("fw-sgd")
+def fw_sgd(params, lr=0.1, radius=1e-3, inner_steps=1, **kwargs):
+    """Frank-Wolfe inner loop + momentum-SGD outer step."""
+    return FrankWolfe(params, radius=radius, inner_steps=inner_steps, base="sgd", lr=lr, **kwargs)
+
+
