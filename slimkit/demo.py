@@ -1,4 +1,4 @@
-"""Train a small zoo model on the built-in digits data, then profile it (about a minute on 2 CPU cores).
+"""Train a small zoo model on the built-in digits data, profile it, compress it (about a minute on 2 CPU cores).
 
 The demo is a list of steps (``STEPS``) run in order on one :class:`DemoContext`; each step reads what
 earlier ones left there and prints a short report. Later stages (e.g. compression) append a step.
@@ -24,6 +24,8 @@ class DemoContext:
     example_inputs: Any = None  # one batch of one sample, for profiling/compression
     result: Any = None  # slimkit.train.TrainResult
     profile: Any = None
+    recipe: Optional[str] = None  # compression recipe; None = fold, prune to 0.5x MACs, cross distillation
+    compressed: Any = None  # slimkit.compress.CompressResult
     outputs: dict = field(default_factory=dict)  # headline numbers by step, e.g. {"accuracy": 0.97}
     timings: dict = field(default_factory=dict)
 
@@ -82,7 +84,35 @@ def step_profile(ctx: DemoContext):
     ctx.say(ctx.profile.table())
 
 
-STEPS = [("data", step_data), ("model", step_model), ("train", step_train), ("profile", step_profile)]
+def step_compress(ctx: DemoContext):
+    import torch
+
+    import slimkit.compress
+    from slimkit.compress import save
+    from slimkit.data import few_shot_subset
+
+    # Few-shot recovery, as a user with little data would run it: K images per class from the training split.
+    k = 5 if ctx.quick else 10
+    shots = few_shot_subset(ctx.splits.train, k, seed=ctx.seed)
+    xs = torch.stack([shots[i][0] for i in range(len(shots))])
+    ys = torch.as_tensor([int(shots[i][1]) for i in range(len(shots))])
+    tx = torch.stack([ctx.splits.test[i][0] for i in range(len(ctx.splits.test))])
+    ty = torch.as_tensor([int(ctx.splits.test[i][1]) for i in range(len(ctx.splits.test))])
+    recipe = ctx.recipe or f"fold,prune(macs=0.5),distill(method=cross,k={k},iters={50 if ctx.quick else 150})"
+    res = slimkit.compress(ctx.model, ctx.example_inputs, recipe, data=[(xs, ys)], eval_data=[(tx, ty)],
+                           progress=ctx.progress, latency_batches=(1,) if ctx.quick else (1, 64),
+                           latency_repeats=5 if ctx.quick else 20)
+    ctx.compressed = res
+    ctx.outputs["compressed_accuracy"] = res.report.after.accuracy
+    ctx.outputs["compressed_macs"] = res.report.after.macs
+    with open(os.path.join(ctx.out_dir, "compress_report.md"), "w") as f:
+        f.write(res.report.to_markdown())
+    save(res.model, os.path.join(ctx.out_dir, "compressed.pt2"), ctx.example_inputs)
+    ctx.say(res.report.to_markdown())
+
+
+STEPS = [("data", step_data), ("model", step_model), ("train", step_train), ("profile", step_profile),
+         ("compress", step_compress)]
 
 
 def run_demo(out_dir="runs/demo", *, epochs=8, quick=False, model="lenet5", seed=0, progress=True) -> DemoContext:
