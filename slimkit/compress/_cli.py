@@ -2,8 +2,8 @@
 
 Example: slimkit compress --model resnet20 --checkpoint ckpt.th --data cifar10:cifar10_train.npz
          --recipe "fold,prune(macs=0.5),distill(k=10)" --out runs/compress
-The last --test-fraction of --data is held out for accuracy; K images per class of the rest are
-the few-shot set. The checkpoint file is only read.
+A seeded class-balanced --test-fraction of --data is held out for accuracy (unless the spec has its own
+?holdout=); K images per class of the rest are the few-shot set. The checkpoint file is only read.
 """
 import json
 import os
@@ -17,7 +17,8 @@ def add_arguments(p):
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--k", type=int, default=10, help="few-shot images per class (default 10)")
     p.add_argument("--test-fraction", type=float, default=0.1,
-                   help="hold out the last FRACTION of --data for accuracy (default 0.1; a ?holdout= in the spec wins)")
+                   help="hold out a seeded class-balanced FRACTION of --data for accuracy (default 0.1; a ?holdout= "
+                        "in the spec wins)")
     p.add_argument("--latency-batches", default="1,64", help="batch sizes to time, comma list ('' = none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -25,7 +26,8 @@ def add_arguments(p):
 
 def load_splits(spec, k, test_fraction, seed):
     """``slimkit.data`` spec -> (few-shot (x, y), eval (x, y), description). Unless the spec's query
-    says otherwise the LAST ``test_fraction`` of the samples is held out for evaluation."""
+    says otherwise a seeded class-balanced ``test_fraction`` is held out for evaluation (files such as
+    cifar10_train.npz are sorted by class, so a "last N" split would hold a single class)."""
     import torch
 
     from slimkit.data import few_shot_indices, load_dataset
@@ -33,7 +35,7 @@ def load_splits(spec, k, test_fraction, seed):
     if "holdout=" in spec:
         splits = load_dataset(spec, seed=seed)
     else:
-        splits = load_dataset(spec, seed=seed, holdout="last", test_fraction=test_fraction)
+        splits = load_dataset(spec, seed=seed, holdout="balanced", test_fraction=test_fraction)
     tx, ty = splits.train.tensors()
     idx = few_shot_indices(ty, k, seed)
     ex, ey = splits.test.tensors()

@@ -41,7 +41,9 @@ SCOPES = ("global", "layer")
 class PruneConfig(PassConfig):
     """``macs``: fraction of MACs to keep; ``ratio``: fraction of channels to remove per layer (or
     globally); ``criterion``: l1|l2|bn_scale|vote|redundancy; ``round_to``: kept channels per layer
-    cluster rounded up to a multiple; ``tau``: redundancy threshold; ``q``: vote top fraction."""
+    cluster rounded up to a multiple; ``tau``: redundancy threshold; ``q``: vote top fraction;
+    ``coupled=False`` prunes only channels with a single producer (block-internal channels), the usual
+    setting for residual networks, whose shared residual stream is the most sensitive part."""
 
     name = "prune"
     lossless = False
@@ -53,6 +55,7 @@ class PruneConfig(PassConfig):
     tau: float = 1e-4
     q: float = 0.5
     calib_batches: int = 4
+    coupled: bool = True  # False: leave groups coupled across adds/concats (a ResNet's residual stream) intact
 
     def __post_init__(self):
         if self.macs is not None and not 0 < self.macs <= 1:
@@ -90,7 +93,7 @@ def calibration_batches(example_inputs, context, n):
 class Pruner:
     """Ranks the channel groups of a model and builds pruned copies; used by the pass and the budget driver."""
 
-    def __init__(self, model, example_inputs, criterion="l1", context=None, calib_batches=4, q=0.5):
+    def __init__(self, model, example_inputs, criterion="l1", context=None, calib_batches=4, q=0.5, coupled=True):
         self.example_inputs = _as_tuple(example_inputs)
         self.graph = ChannelGraph(trace(copy.deepcopy(model).eval(), self.example_inputs))
         self.batches = calibration_batches(example_inputs, context, calib_batches)
@@ -98,7 +101,10 @@ class Pruner:
         fn = get_importance(criterion)
         per_source = fn(self.graph, self._activations) if criterion != "vote" else fn(self.graph, self._activations, q)
         self.scores = group_scores(self.graph, per_source)
-        self.clusters = [sorted(c, key=self.scores.get) for c in self.graph.clusters()]
+        clusters = self.graph.clusters()
+        if not coupled:  # keep only groups produced by a single layer
+            clusters = [[gid for gid in c if len(self.graph.groups[gid].members) == 1] for c in clusters]
+        self.clusters = [sorted(c, key=self.scores.get) for c in clusters if c]
         self.macs0 = count_macs(self.graph.gm, self.example_inputs)
         self._folds = self._redundancy_stats() if criterion == "redundancy" else {}
 
@@ -224,7 +230,8 @@ def _make_fold(K, S, coef, repeat):
 def prune(model, example_inputs, config=PruneConfig(ratio=0.0), context=None):
     """Return a structurally pruned copy of ``model`` (a torch.fx GraphModule); ``model`` is untouched."""
     context = context or CompressContext()
-    pruner = Pruner(model, example_inputs, config.criterion, context, config.calib_batches, config.q)
+    pruner = Pruner(model, example_inputs, config.criterion, context, config.calib_batches, config.q,
+                    config.coupled)
     if config.macs is not None:
         removed = pruner.search_macs(config.macs, config.scope, config.round_to, context.progress)
     elif config.ratio is not None:

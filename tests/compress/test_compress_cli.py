@@ -6,12 +6,16 @@ import torch
 
 from slimkit.cli import main
 from slimkit.compress import load
-from slimkit.models import list_models, register_model
+from slimkit.models import ModelInfo, _registry
 
 from _toys_b import tiny_model
 
-if "_test_tiny_b" not in list_models():
-    register_model("_test_tiny_b", input_size=(3, 8, 8), description="part-B test model")(lambda: tiny_model())
+
+@pytest.fixture(autouse=True)
+def tiny_registered(monkeypatch):
+    """Registers the test model for each test only, so the zoo-wide tests never see it."""
+    info = ModelInfo("_test_tiny_b", lambda: tiny_model(), (3, 8, 8), description="part-B test model")
+    monkeypatch.setitem(_registry._REGISTRY, "_test_tiny_b", info)
 
 
 @pytest.fixture()
