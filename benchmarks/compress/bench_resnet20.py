@@ -144,7 +144,12 @@ def main(argv=None):
     ap.add_argument("--lowrank-knob", default="tradeoff", help="field of the lowrank config swept for the curve")
     ap.add_argument("--lowrank-values", default="0.1,0.25,0.5,1,2")
     ap.add_argument("--only", default="", help="comma list of rows to run (fold,prune,tp,pq,int8,lowrank)")
+    ap.add_argument("--finetune-lr", type=float, default=1e-4,
+                    help="end-to-end fine-tune lr of the distill rows (1e-3 collapsed the BN-folded student to 10%%)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: eager timings with 2 threads swing 100x when anything else runs)")
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(0)
@@ -176,7 +181,7 @@ def main(argv=None):
 
     add("baseline", model, "pretrained checkpoint")
     have = set(list_passes())
-    distill_kw = dict(iters=40 if quick else 150, finetune_epochs=10 if quick else 20)
+    distill_kw = dict(iters=40 if quick else 150, finetune_epochs=10 if quick else 20, finetune_lr=args.finetune_lr)
 
     if "fold" in only and "fold" in have:
         folded = compress(model, x1, "fold", latency_batches=(), progress=False).model
@@ -223,7 +228,7 @@ def main(argv=None):
         rows[-1]["pq_ratio"] = ratio
         models_eager["pq"] = pqm
         ctx = CompressContext(teacher=model, data=few_batches, progress=True)
-        pq_ft = distill(pqm, x1, DistillConfig(method="finetune", k=args.k, kd=1.0,
+        pq_ft = distill(pqm, x1, DistillConfig(method="finetune", k=args.k, kd=1.0, finetune_lr=args.finetune_lr,
                                                finetune_epochs=distill_kw["finetune_epochs"]), ctx)
         add("pq + fine-tune (KD)", pq_ft, f"{args.pq},distill(method=finetune,kd=1)",
             f"conv+linear weights {conv_linear_weight_bytes(model) / conv_linear_weight_bytes(pq_ft):.1f}x smaller")
