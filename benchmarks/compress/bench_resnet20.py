@@ -20,9 +20,7 @@ import platform
 import sys
 import time
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the checkpoint's training normalisation
 
@@ -41,16 +39,9 @@ def load_cifar(path, n_test, k, seed):
 
 
 def build_resnet20(checkpoint):
-    from slimkit.models import create_model, list_models
+    from slimkit.models import create_model
 
-    if "resnet20" in list_models():
-        return create_model("resnet20", checkpoint=checkpoint).eval(), "slimkit zoo"
-    from _resnet20_local import resnet20  # bench-only fallback until the zoo has resnet20
-
-    m = resnet20()
-    sd = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-    m.load_state_dict({k.removeprefix("module."): v for k, v in sd.items()})
-    return m.eval(), "benchmarks/compress/_resnet20_local.py"
+    return create_model("resnet20", checkpoint=checkpoint).eval(), "slimkit zoo"
 
 
 def batches(x, y, bs):
@@ -74,29 +65,6 @@ def conv_linear_weight_bytes(model):
         elif isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
             total += m.weight.numel() * m.weight.element_size()
     return total
-
-
-def l1_prune_blocks(model, keep_ratio):
-    """Bench-only stand-in while the prune pass is missing: in every residual block keep the
-    top-L1 output channels of conv1 (slicing bn1 and conv2's inputs); ~0.5x MACs at keep 0.5.
-    Same layers as the cross-distillation paper's ResNet setting (first conv of each block)."""
-    m = copy.deepcopy(model)
-    for blk in m.modules():
-        c1, bn, c2 = getattr(blk, "conv1", None), getattr(blk, "bn1", None), getattr(blk, "conv2", None)
-        if not (isinstance(c1, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d) and isinstance(c2, torch.nn.Conv2d)):
-            continue
-        n = max(1, int(round(c1.out_channels * keep_ratio)))
-        keep = c1.weight.detach().abs().sum((1, 2, 3)).argsort(descending=True)[:n].sort().values
-        n1 = torch.nn.Conv2d(c1.in_channels, n, c1.kernel_size, c1.stride, c1.padding, bias=False)
-        n2 = torch.nn.Conv2d(n, c2.out_channels, c2.kernel_size, c2.stride, c2.padding, bias=False)
-        nb = torch.nn.BatchNorm2d(n)
-        with torch.no_grad():
-            n1.weight.copy_(c1.weight[keep])
-            n2.weight.copy_(c2.weight[:, keep])
-            for a in ("weight", "bias", "running_mean", "running_var"):
-                getattr(nb, a).copy_(getattr(bn, a)[keep])
-        blk.conv1, blk.bn1, blk.conv2 = n1, nb.eval(), n2
-    return m.eval()
 
 
 def torch_pruning_baseline(model, example, target_macs, few, epochs, lr, log):
@@ -192,16 +160,11 @@ def main(argv=None):
         notes.append("fold: pass not registered yet (part A)")
 
     if "prune" in only:
-        if "prune" in have:
-            reference = compress(model, x1, "fold", latency_batches=(), progress=False).model if "fold" in have else model
-            # Block-internal channels only (coupled=false): the residual stream stays whole, as in the cross
-            # distillation paper's ResNet setting.
-            how = f"prune(macs={args.macs},coupled=false)"
-            pruned = compress(reference, x1, how, latency_batches=(), progress=False).model
-        else:
-            reference, pruned = model, l1_prune_blocks(model, args.macs)
-            how = "bench stand-in: L1, conv1 of every block (prune pass not registered)"
-            notes.append("prune rows use the benchmark's L1 stand-in (first conv of each block), not slimkit's prune pass")
+        reference = compress(model, x1, "fold", latency_batches=(), progress=False).model
+        # Block-internal channels only (coupled=false): the residual stream stays whole, as in the cross
+        # distillation paper's ResNet setting.
+        how = f"prune(macs={args.macs},coupled=false)"
+        pruned = compress(reference, x1, how, latency_batches=(), progress=False).model
         add(f"prune {base_macs / count_macs(pruned, (x1,)):.2f}x fewer MACs, no recovery", pruned, how)
         ctx = CompressContext(teacher=reference, data=few_batches, progress=True, extras={"reference": reference})
         for method in ("cross", "layerwise", "finetune"):

@@ -9,8 +9,8 @@ import math
 import torch
 from torch import nn
 
-from slimkit.models._checks import check_image_input
 from slimkit.models._registry import register_model
+from slimkit.models.mobilenet_v2 import PooledClassifier
 
 ALPHA, BETA, GAMMA = 1.2, 1.1, 1.15
 BASE_RESOLUTION = 224
@@ -81,10 +81,10 @@ class MBConv(nn.Module):
         return x + y
 
 
-class EfficientNet(nn.Module):
+class EfficientNet(PooledClassifier):
     def __init__(self, width=1.0, depth=1.0, dropout=0.2, num_classes=1000, drop_connect=0.2, name="efficientnet"):
         super().__init__()
-        self.name, self.num_classes = name, num_classes
+        self.model_name, self.num_classes = name, num_classes
         cin = round_filters(32, width)
         layers = [_conv_bn(3, cin, 3, 2)]
         total = sum(round_repeats(n, depth) for *_, n in B0_BLOCKS)
@@ -100,16 +100,6 @@ class EfficientNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(head, num_classes))
-
-    def forward_features(self, x):
-        check_image_input(self.name, x, 3)
-        return self.pool(self.features(x)).flatten(1)
-
-    def forward_head(self, x):
-        return self.classifier(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
 
 
 def efficientnet(phi, num_classes=1000, dropout=0.2):

@@ -34,7 +34,25 @@ class InvertedResidual(nn.Module):
         return x + self.conv(x) if self.use_res else self.conv(x)
 
 
-class MobileNetV2(nn.Module):
+class PooledClassifier(nn.Module):
+    """Shared interface of the pooled image classifiers: ``features`` -> global pool -> ``classifier``."""
+
+    model_name = "model"
+
+    def forward_features(self, x):
+        check_image_input(self.model_name, x, 3)
+        return self.pool(self.features(x)).flatten(1)
+
+    def forward_head(self, x):
+        return self.classifier(x)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+class MobileNetV2(PooledClassifier):
+    model_name = "mobilenet_v2"
+
     def __init__(self, num_classes=10, stem="cifar", width_mult=1.0, dropout=0.2):
         super().__init__()
         if stem not in ("cifar", "imagenet"):
@@ -55,16 +73,6 @@ class MobileNetV2(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.last_channels, num_classes))
-
-    def forward_features(self, x):
-        check_image_input("mobilenet_v2", x, 3)
-        return self.pool(self.features(x)).flatten(1)
-
-    def forward_head(self, x):
-        return self.classifier(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
 
 
 @register_model(input_size=(3, 32, 32))

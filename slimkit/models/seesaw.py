@@ -15,9 +15,8 @@ the authors' code): even groups without a permutation would never exchange infor
 import torch
 from torch import nn
 
-from slimkit.models._checks import check_image_input
 from slimkit.models._registry import register_model
-from slimkit.models.mobilenet_v2 import conv_bn_act, make_divisible
+from slimkit.models.mobilenet_v2 import PooledClassifier, conv_bn_act, make_divisible
 
 # [t, c, n, s]: MobileNetV2/IGCV3 layout; "full" doubles the depth (like IGCV3-D), "half" = MobileNetV2 depths.
 STAGES = [(1, 16, 1, 1), (6, 24, 4, 2), (6, 32, 6, 2), (6, 64, 8, 2), (6, 96, 6, 1), (6, 160, 6, 2), (6, 320, 1, 1)]
@@ -100,7 +99,9 @@ class EvenGroupBlock(nn.Module):
         return x + y if self.use_res else y
 
 
-class SeesawNet(nn.Module):
+class SeesawNet(PooledClassifier):
+    model_name = "seesaw_net"
+
     def __init__(self, num_classes=10, stem="cifar", pattern="shuffle", depth="full", width_mult=1.0, dropout=0.2):
         super().__init__()
         if depth not in ("full", "half"):
@@ -126,16 +127,6 @@ class SeesawNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(1280, num_classes))
-
-    def forward_features(self, x):
-        check_image_input("seesaw_net", x, 3)
-        return self.pool(self.features(x)).flatten(1)
-
-    def forward_head(self, x):
-        return self.classifier(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
 
 
 @register_model(input_size=(3, 32, 32))
