@@ -30,6 +30,12 @@ class Compressor:
     def decompress(self, payload: torch.Tensor, numel: int) -> torch.Tensor:
         raise NotImplementedError
 
+    def compress_decoded(self, flat: torch.Tensor, segments: Segments = None, **kw) -> tuple[torch.Tensor, torch.Tensor]:
+        """(payload, decompress(payload)); compressors that can give the decoded values without
+        decoding their own payload again (QSGD and its subclasses) override this."""
+        payload = self.compress(flat, segments, **kw)
+        return payload, self.decompress(payload, flat.numel())
+
     def decompress_own(self, payload: torch.Tensor, numel: int) -> torch.Tensor:
         """Decode this rank's own last payload, reusing the copy a stateful compressor already decoded."""
         cached = getattr(self, "_last", None)

@@ -50,17 +50,21 @@ class ECQ(Compressor):
         segments = segments or [("_flat", n)]
         if sum(s for _, s in segments) != n:
             raise ValueError(f"segments cover {sum(s for _, s in segments)} values, the tensor has {n}")
-        return segments, torch.cat([self.errors.get(name, torch.zeros(size)) for name, size in segments])
+        parts = [self.errors.get(name) for name, _ in segments]
+        if len(parts) == 1 and parts[0] is not None and parts[0].numel() == n:
+            return segments, parts[0]
+        return segments, torch.cat([torch.zeros(size) if part is None else part
+                                    for part, (_, size) in zip(parts, segments)])
 
     def compress(self, flat, segments=None, **kw):
         g = self.check_finite(flat.reshape(-1).float())
         segments, h = self._gather_error(g.numel(), segments)
-        payload = self.inner.compress(g + self.alpha * h, **kw)
-        q = self.inner.decompress(payload, g.numel())
+        payload, q = self.inner.compress_decoded(g + self.alpha * h, **kw)
         self._last = (payload, q)  # the hook reuses it instead of decoding its own payload again
         h_new = self.beta * h + (g - q)
+        # views into this step's fresh h_new (nothing writes to it later); state_dict() clones
         for (name, _), part in zip(segments, h_new.split([s for _, s in segments])):
-            self.errors[name] = part.clone()
+            self.errors[name] = part
         return payload
 
     def decompress(self, payload, numel):

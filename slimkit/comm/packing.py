@@ -2,10 +2,18 @@
 
 ``pack_bits(codes, bits)`` stores n integer codes (each < 2**bits) in ceil(n*bits/8) bytes,
 little-endian within each byte; ``unpack_bits`` is its exact inverse. Widths 1..32 are supported.
+Every width is packed with a handful of whole-tensor ops (no per-element or per-bit Python loops):
+widths that divide a byte OR their codes into bytes, other widths <= 8 put 8 codes into one int64
+(``bits`` bytes of it), multiples of 8 take the low bytes of each code, the rest go through a
+uint8 bit matrix.
 """
+import sys
+
 import torch
 
-_FAST = (1, 2, 4, 8)  # widths that divide a byte: shift-and-sum, no bit matrix
+_FAST = (1, 2, 4)  # widths that divide a byte: shift-and-or inside uint8
+_SMALL = 16384  # below this many codes, per-op overhead dominates: fewer, wider ops
+_LITTLE = sys.byteorder == "little"  # the int64 byte-view paths assume a little-endian host
 
 
 def packed_nbytes(n: int, bits: int) -> int:
@@ -17,41 +25,107 @@ def _check_bits(bits):
         raise ValueError(f"bits must be an int in 1..32, got {bits!r}")
 
 
-def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """Pack a 1-D tensor of non-negative integers < 2**bits into a uint8 tensor."""
-    _check_bits(bits)
-    codes = codes.reshape(-1).to(torch.int64)
+def _padded(codes: torch.Tensor, total: int, dtype: torch.dtype) -> torch.Tensor:
+    out = torch.empty(total, dtype=dtype)
     n = codes.numel()
-    if n and (int(codes.min()) < 0 or int(codes.max()) >= (1 << bits)):
-        raise ValueError(f"codes must lie in [0, 2**{bits}), got range [{int(codes.min())}, {int(codes.max())}]")
+    out[:n] = codes
+    out[n:] = 0
+    return out
+
+
+_ARANGE: dict = {}
+
+
+def _arange(start: int, stop: int, step: int, dtype: torch.dtype) -> torch.Tensor:
+    """Cached shift vectors (read-only: never written to)."""
+    key = (start, stop, step, dtype)
+    if key not in _ARANGE:
+        _ARANGE[key] = torch.arange(start, stop, step, dtype=dtype)
+    return _ARANGE[key]
+
+
+def _column0(v: torch.Tensor) -> torch.Tensor:
+    """A fresh, stride-1 copy of column 0 (a length-1 slice would keep its old stride)."""
+    return torch.empty(v.shape[0], dtype=v.dtype).copy_(v[:, 0])
+
+
+def pack_bits(codes: torch.Tensor, bits: int, check: bool = True) -> torch.Tensor:
+    """Pack a 1-D tensor of non-negative integers < 2**bits into a uint8 tensor.
+    ``check=False`` skips the range check (for callers whose codes are in range by construction)."""
+    _check_bits(bits)
+    codes = codes.reshape(-1)
+    if codes.dtype == torch.bool:
+        codes = codes.view(torch.uint8)
+    elif codes.is_floating_point():  # integer-valued floats were accepted before: keep accepting them
+        codes = codes.to(torch.int64)
+    n = codes.numel()
+    if check and n:
+        lo, hi = (int(v) for v in torch.aminmax(codes))
+        if lo < 0 or hi >= (1 << bits):
+            raise ValueError(f"codes must lie in [0, 2**{bits}), got range [{lo}, {hi}]")
+    nbytes = packed_nbytes(n, bits)
+    if bits == 8:
+        return codes.to(torch.uint8, copy=True)
     if bits in _FAST:
         per = 8 // bits
-        padded = torch.zeros(packed_nbytes(n, bits) * per, dtype=torch.int64)
-        padded[:n] = codes
-        shifts = torch.arange(per, dtype=torch.int64) * bits
-        return (padded.view(-1, per) << shifts).sum(1).to(torch.uint8)
-    # generic width: expand to a bit matrix, then pack 8 bits per byte
+        v = _padded(codes, nbytes * per, torch.uint8).view(nbytes, per)
+        if n < _SMALL:  # few values: one shift and one sum (disjoint bit fields: sum == or)
+            return (v << _arange(0, 8, bits, torch.uint8)).sum(1, dtype=torch.uint8)
+        out = _column0(v)
+        for j in range(1, per):  # per <= 8 whole-tensor ops, no (n, per) temporary
+            out |= v[:, j] << (j * bits)
+        return out
+    if _LITTLE and bits < 8:  # 3, 5, 6, 7: 8 codes -> one int64 -> its low ``bits`` bytes
+        groups = -(-n // 8)
+        v = _padded(codes, groups * 8, torch.int64).view(groups, 8)
+        if n < _SMALL:
+            acc = (v << _arange(0, 8 * bits, bits, torch.int64)).sum(1)
+        else:
+            acc = _column0(v)
+            for j in range(1, 8):
+                acc |= v[:, j] << (j * bits)
+        return acc.view(torch.uint8).view(groups, 8)[:, :bits].reshape(-1)[:nbytes].clone()
+    if _LITTLE and bits % 8 == 0:  # 16, 24, 32: the low bytes of each code
+        return codes.to(torch.int64).view(torch.uint8).view(n, 8)[:, : bits // 8].reshape(-1).clone()
+    # other widths: a uint8 bit matrix, then 8 bits per byte
     bit_idx = torch.arange(bits, dtype=torch.int64)
-    flat = ((codes.unsqueeze(1) >> bit_idx) & 1).reshape(-1)
-    padded = torch.zeros(packed_nbytes(n, bits) * 8, dtype=torch.int64)
-    padded[: flat.numel()] = flat
-    return (padded.view(-1, 8) << torch.arange(8, dtype=torch.int64)).sum(1).to(torch.uint8)
+    flat = ((codes.to(torch.int64).unsqueeze(1) >> bit_idx) & 1).to(torch.uint8).reshape(-1)
+    v = _padded(flat, nbytes * 8, torch.uint8).view(nbytes, 8)
+    out = _column0(v)
+    for j in range(1, 8):
+        out |= v[:, j] << j
+    return out
 
 
-def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
-    """Inverse of ``pack_bits``: the first ``n`` codes as int64."""
+def unpack_bits(packed: torch.Tensor, bits: int, n: int, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """Inverse of ``pack_bits``: the first ``n`` codes (int64 unless ``dtype`` says otherwise;
+    uint8 is enough for bits <= 8)."""
     _check_bits(bits)
     if packed.dtype != torch.uint8 or packed.dim() != 1:
         raise ValueError(f"expected a 1-D uint8 tensor, got {packed.dtype} with shape {tuple(packed.shape)}")
-    if packed.numel() < packed_nbytes(n, bits):
-        raise ValueError(f"{n} codes of {bits} bits need {packed_nbytes(n, bits)} bytes, got {packed.numel()}")
-    p = packed.to(torch.int64)
+    nbytes = packed_nbytes(n, bits)
+    if packed.numel() < nbytes:
+        raise ValueError(f"{n} codes of {bits} bits need {nbytes} bytes, got {packed.numel()}")
+    p = packed[:nbytes]
+    if bits == 8:
+        return p.to(dtype, copy=True)
     if bits in _FAST:
-        per = 8 // bits
-        shifts = torch.arange(per, dtype=torch.int64) * bits
-        return ((p.unsqueeze(1) >> shifts) & ((1 << bits) - 1)).reshape(-1)[:n]
-    flat = ((p.unsqueeze(1) >> torch.arange(8, dtype=torch.int64)) & 1).reshape(-1)[: n * bits]
-    return (flat.view(n, bits) << torch.arange(bits, dtype=torch.int64)).sum(1)
+        shifts = _arange(0, 8, bits, torch.uint8)
+        out = (p.unsqueeze(1) >> shifts) & ((1 << bits) - 1)
+        return out.reshape(-1)[:n].to(dtype)
+    if _LITTLE and bits < 8:
+        groups = -(-n // 8)
+        buf = torch.zeros(groups, 8, dtype=torch.uint8)
+        buf[:, :bits] = _padded(p, groups * bits, torch.uint8).view(groups, bits)
+        shifts = _arange(0, 8 * bits, bits, torch.int64)
+        out = (buf.view(torch.int64) >> shifts) & ((1 << bits) - 1)  # (groups, 1) >> (8,) -> (groups, 8)
+        return out.reshape(-1)[:n].to(dtype)
+    if _LITTLE and bits % 8 == 0:
+        buf = torch.zeros(n, 8, dtype=torch.uint8)
+        buf[:, : bits // 8] = p.view(n, bits // 8)
+        return buf.view(torch.int64).reshape(-1).to(dtype)
+    flat = ((p.unsqueeze(1) >> torch.arange(8, dtype=torch.uint8)) & 1).reshape(-1)[: n * bits]
+    return (flat.to(torch.int64).view(n, bits) << torch.arange(bits, dtype=torch.int64)).sum(1).to(dtype)
 
 
 def to_bytes(t: torch.Tensor) -> torch.Tensor:
@@ -78,25 +152,40 @@ class ByteReader:
         return out
 
     def take_as(self, n: int, dtype: torch.dtype) -> torch.Tensor:
-        size = torch.empty((), dtype=dtype).element_size()
-        return from_bytes(self.take(n * size), dtype)
+        return from_bytes(self.take(n * dtype.itemsize), dtype)
 
 
-def rice_encode(values: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
+def rice_encode(values: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor, int]:
     """Golomb-Rice code for non-negative ints, split into two streams so both decode vectorised:
-    (k, low k bits of each value packed at k bits, unary quotients: q ones then a zero each)."""
+    (k, low k bits of each value packed at k bits, unary quotients packed at 1 bit -- q ones then a
+    zero each --, number of unary bits). k minimises the total size (the smallest k on ties)."""
     values = values.reshape(-1).to(torch.int64)
-    costs = [(values.numel() * (k + 1) + int((values >> k).sum()), k) for k in range(0, 31)]
-    k = min(costs)[1]
-    q = values >> k
-    ends = torch.cumsum(q + 1, 0) - 1  # position of each terminating zero
-    unary = torch.ones(int(ends[-1]) + 1 if values.numel() else 0, dtype=torch.int64)
-    unary[ends] = 0
-    low = pack_bits(values & ((1 << k) - 1), k) if k else torch.zeros(0, dtype=torch.uint8)
-    return k, low, unary
+    n = values.numel()
+    if n == 0:
+        return 0, torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.uint8), 0
+    # cost(k) = n*(k+1) + sum(v >> k); beyond the bit length of max(v) it only grows
+    kmax = min(30, int(values.max()).bit_length())
+    ks = torch.arange(kmax + 1, dtype=torch.int64)
+    costs = n * (ks + 1) + (values.unsqueeze(1) >> ks).sum(0)
+    k = int(torch.argmin(costs))  # first minimum = smallest k on ties
+    ends = torch.cumsum((values >> k) + 1, 0) - 1  # position of each terminating zero
+    n_unary = int(ends[-1]) + 1
+    nbytes = packed_nbytes(n_unary, 1)
+    # all ones, minus the zero bits (distinct bits of a byte: their sum is their OR)
+    cleared = torch.zeros(nbytes, dtype=torch.int64).index_add_(0, ends >> 3, 1 << (ends & 7))
+    unary = (255 - cleared).to(torch.uint8)
+    if n_unary % 8:
+        unary[-1] &= (1 << (n_unary % 8)) - 1  # padding bits are zero, as pack_bits writes them
+    low = pack_bits(values & ((1 << k) - 1), k, check=False) if k else torch.zeros(0, dtype=torch.uint8)
+    return k, low, unary, n_unary
 
 
-def rice_decode(k: int, low_codes: torch.Tensor, unary: torch.Tensor) -> torch.Tensor:
-    ends = (unary == 0).nonzero().reshape(-1)
-    q = torch.diff(ends, prepend=torch.tensor([-1])) - 1
+def rice_decode(k: int, low_codes: torch.Tensor, unary: torch.Tensor, n_unary: int) -> torch.Tensor:
+    """Inverse of ``rice_encode`` given the unpacked low codes and the packed unary stream."""
+    nbytes = packed_nbytes(n_unary, 1)
+    if unary.numel() < nbytes:
+        raise ValueError(f"{n_unary} unary bits need {nbytes} bytes, got {unary.numel()}")
+    zeros = unpack_bits(255 - unary[:nbytes], 1, n_unary, dtype=torch.uint8).view(torch.bool)
+    ends = zeros.nonzero().reshape(-1)
+    q = torch.diff(ends, prepend=ends.new_full((1,), -1)) - 1
     return (q << k) + low_codes

@@ -68,68 +68,93 @@ class QSGD(Compressor):
             return x, x.norm(dim=1, keepdim=True)
         return x, x.abs().amax(1, keepdim=True)
 
-    def quantize(self, flat: torch.Tensor, bits: int | None = None):
-        """(codes int64 [n], scales float32 [buckets]) for ``flat``."""
-        bits = bits or self.bits
+    def _codes(self, flat: torch.Tensor, bits: int):
+        """(codes [n] as uint8 for bits <= 8 else int32, scales float32 [buckets])."""
         n = flat.numel()
         x, scale = self._scales(self._buckets(self.check_finite(flat.reshape(-1))))
         k = self.levels(bits)
-        u = (x / scale.clamp_min(torch.finfo(torch.float32).tiny) + 1) * ((k - 1) / 2)
-        u = u.clamp(0, k - 1)
-        low = u.floor().clamp(max=k - 2)
-        up = torch.rand(u.shape, generator=self.generator) < (u - low)
-        codes = (low + up).to(torch.int64).reshape(-1)[:n]
+        u = x / scale.clamp_min(torch.finfo(torch.float32).tiny)
+        u.add_(1).mul_((k - 1) / 2).clamp_(0, k - 1)  # in place, same arithmetic as (x / s + 1) * c
+        low = u.floor().clamp_(max=k - 2)
+        up = torch.rand(u.shape, generator=self.generator) < u.sub_(low)
+        dtype = torch.uint8 if bits <= 8 else torch.int32
+        codes = low.reshape(-1)[:n].to(dtype)
+        codes += up.reshape(-1)[:n]
         return codes, scale.reshape(-1)
 
+    def quantize(self, flat: torch.Tensor, bits: int | None = None):
+        """(codes int64 [n], scales float32 [buckets]) for ``flat``."""
+        codes, scales = self._codes(flat, bits or self.bits)
+        return codes.to(torch.int64), scales
+
     def dequantize(self, codes, scales, bits, n):
+        """Values of ``codes`` on the grid of their bucket: (code * 2/(K-1) - 1) * bucket scale."""
         k = self.levels(bits)
         size = self.bucket_size or max(n, 1)
-        vals = codes.to(torch.float32) * (2.0 / (k - 1)) - 1.0
-        per = scales.repeat_interleave(size)[:n]
-        return vals * per
+        vals = codes.to(torch.float32).mul_(2.0 / (k - 1)).sub_(1.0)
+        full = (n // size) * size  # whole buckets multiply as a (buckets, size) view, the tail by the last scale
+        vals[:full].view(-1, size).mul_(scales[: n // size].unsqueeze(1))
+        if full < n:
+            vals[full:].mul_(scales[n // size])
+        return vals
 
     def compress(self, flat, segments=None, bits: int | None = None):
+        payload, decoded = self.compress_decoded(flat, segments, bits)
+        self._last = (payload, decoded)  # decompress_own() returns it instead of decoding again
+        return payload
+
+    def compress_decoded(self, flat, segments=None, bits: int | None = None):
+        """(payload, what ``decompress(payload)`` returns), without decoding the payload again."""
         bits = bits or self.bits
         n = flat.numel()
-        codes, scales = self.quantize(flat, bits)
+        codes, scales = self._codes(flat, bits)
         coding = self.coding if bits > 1 else "dense"
         sparse = self._sparse_parts(codes, bits) if coding != "dense" else None
         if coding == "auto":
             coding = "sparse" if sum(p.numel() for p in sparse) < packed_nbytes(n, bits) else "dense"
         head = torch.tensor([_SPARSE if coding == "sparse" else _DENSE, bits], dtype=torch.uint8)
         parts = [head, to_bytes(scales.float())]
-        parts += sparse if coding == "sparse" else [pack_bits(codes, bits)]
-        return torch.cat(parts)
+        parts += sparse if coding == "sparse" else [pack_bits(codes, bits, check=False)]
+        return torch.cat(parts), self.dequantize(codes, scales, bits, n)
 
     def _sparse_parts(self, codes, bits):
         zero = (self.levels(bits) - 1) // 2
         nz = (codes != zero).nonzero().reshape(-1)
-        gaps = torch.diff(nz, prepend=torch.tensor([-1])) - 1
-        k, low, unary = rice_encode(gaps)
+        gaps = torch.diff(nz, prepend=nz.new_full((1,), -1)) - 1
+        k, low, unary, n_unary = rice_encode(gaps)
         vals = codes[nz]
-        vals = vals - (vals > zero).long()  # drop the zero level: 2 bits -> 1 bit for ternary
-        counts = torch.tensor([nz.numel(), unary.numel()], dtype=torch.int32)
-        return [to_bytes(counts), torch.tensor([k], dtype=torch.uint8), low, pack_bits(unary, 1),
-                pack_bits(vals, self._nz_bits(bits))]
+        vals -= (vals > zero).to(vals.dtype)  # drop the zero level: 2 bits -> 1 bit for ternary
+        counts = torch.tensor([nz.numel(), n_unary], dtype=torch.int32)
+        return [to_bytes(counts), torch.tensor([k], dtype=torch.uint8), low, unary,
+                pack_bits(vals, self._nz_bits(bits), check=False)]
 
     def _nz_bits(self, bits):
         return bits_for(self.levels(bits) - 1)
 
     def decompress(self, payload, numel):
         r = ByteReader(payload)
-        coding, bits = (int(v) for v in r.take(2))
-        nb = max(1, -(-numel // (self.bucket_size or max(numel, 1))))
+        coding, bits = r.take(2).tolist()
+        size = self.bucket_size or max(numel, 1)
+        nb = max(1, -(-numel // size))
         scales = r.take_as(nb, torch.float32)
-        if coding == _SPARSE:
-            nnz, n_unary = (int(v) for v in r.take_as(2, torch.int32))
-            k = int(r.take(1))
-            low = unpack_bits(r.take(packed_nbytes(nnz, k)), k, nnz) if k else torch.zeros(nnz, dtype=torch.int64)
-            unary = unpack_bits(r.take(packed_nbytes(n_unary, 1)), 1, n_unary)
-            idx = torch.cumsum(rice_decode(k, low, unary) + 1, 0) - 1
-            zero = (self.levels(bits) - 1) // 2
-            vals = unpack_bits(r.take(packed_nbytes(nnz, self._nz_bits(bits))), self._nz_bits(bits), nnz)
-            codes = torch.full((numel,), zero, dtype=torch.int64)
-            codes[idx] = vals + (vals >= zero).long()
-        else:
-            codes = unpack_bits(r.take(packed_nbytes(numel, bits)), bits, numel)
-        return self.dequantize(codes, scales, bits, numel)
+        dtype = torch.uint8 if bits <= 8 else torch.int32
+        if coding != _SPARSE:
+            codes = unpack_bits(r.take(packed_nbytes(numel, bits)), bits, numel, dtype=dtype)
+            return self.dequantize(codes, scales, bits, numel)
+        nnz, n_unary = r.take_as(2, torch.int32).tolist()
+        k = int(r.take(1))
+        low = unpack_bits(r.take(packed_nbytes(nnz, k)), k, nnz) if k else torch.zeros(nnz, dtype=torch.int64)
+        unary = r.take(packed_nbytes(n_unary, 1))
+        idx = torch.cumsum(rice_decode(k, low, unary, n_unary) + 1, 0) - 1
+        zero = (self.levels(bits) - 1) // 2
+        nzb = self._nz_bits(bits)
+        vals = unpack_bits(r.take(packed_nbytes(nnz, nzb)), nzb, nnz, dtype=dtype)
+        vals += vals >= zero
+        # every value is (code * 2/(K-1) - 1) * scale, as in dequantize: the zero level's value per
+        # bucket everywhere, then the non-zero codes at their indices
+        step = 2.0 / (self.levels(bits) - 1)
+        zero_val = torch.tensor([zero], dtype=torch.float32).mul_(step).sub_(1.0)
+        out = (zero_val * scales).unsqueeze(1).expand(nb, size).contiguous().view(-1)[:numel]
+        bucket = idx >> (size.bit_length() - 1) if size & (size - 1) == 0 else idx.div(size, rounding_mode="floor")
+        out[idx] = vals.to(torch.float32).mul_(step).sub_(1.0).mul_(scales[bucket])
+        return out

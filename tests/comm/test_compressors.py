@@ -181,3 +181,20 @@ def test_state_from_another_rank_keeps_shared_parts_and_drops_per_rank_ones():
     c = comm.create_compressor("mqgrad", seed=2)
     c.bind(1)
     assert torch.equal(b.quantizer.inner.generator.get_state(), c.quantizer.inner.generator.get_state())
+
+
+@settings(max_examples=30, deadline=None)
+@given(bits=st.integers(1, 16), n=st.integers(1, 3000), bucket=st.sampled_from([0, 7, 64, 512]),
+       coding=st.sampled_from(["dense", "sparse", "auto"]), spread=st.sampled_from([0.0, 1.0, 4.0]))
+def test_own_decoded_values_equal_decoding_the_payload(bits, n, bucket, coding, spread):
+    # compress() keeps its own decoded values for the hook; they must be bit-identical to what the
+    # peers decode from the payload, for dense and sparse payloads alike
+    if coding == "sparse" and bits == 1:
+        coding = "dense"
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n, generator=g) * torch.rand(n, generator=g).pow(spread) * 1e-3
+    for c in (comm.create_compressor("qsgd", bits=bits, bucket_size=bucket, coding=coding, seed=n),
+              comm.create_compressor("ecq", bits=bits, bucket_size=bucket, coding=coding, seed=n)):
+        for _ in range(2):
+            payload = c.compress(x, [("a", n)])
+            assert torch.equal(c.decompress_own(payload, n), c.decompress(payload, n))
