@@ -90,3 +90,29 @@ def test_errors():
         distill(tiny_model(), torch.randn(1, 3, 8, 8), DistillConfig(), CompressContext())
     with pytest.raises(ValueError, match=r"mu must be in \[0, 1\]"):
         DistillConfig(mu=2.0)
+
+
+def test_lsq_solver_is_the_exact_minimiser():
+    teacher = tiny_model()
+    student = hand_pruned(teacher)
+    data = tiny_data(n_batches=4)
+    x = torch.cat([b[0] for b in data])
+    ctx = CompressContext(teacher=teacher, data=data, progress=False)
+    cfg = dict(method="layerwise", k=16, finetune_epochs=0)
+    lsq = distill(student, x[:1], DistillConfig(solver="lsq", ridge=0.0, **cfg), ctx)
+    adam = distill(student, x[:1], DistillConfig(solver="adam", iters=30, lr=1e-2, **cfg), ctx)
+    # stem and conv1 see the teacher's own input, so the teacher's slice is reachable: loss ~ 0
+    assert lsq.distill_report["stem"] < 1e-10 and lsq.distill_report["conv1"] < 1e-10
+
+    def conv2_error(m):  # full-data layer-wise loss of conv2, whose input is exact under both solvers
+        seen = {}
+        for net, key in ((m, "s"), (teacher, "t")):
+            h = net.conv2.register_forward_hook(lambda mod, i, o, key=key: seen.__setitem__(key, o))
+            with torch.no_grad():
+                net(x)
+            h.remove()
+        return float(((seen["s"] - seen["t"]) ** 2).mean())
+
+    assert 0 < conv2_error(lsq) <= conv2_error(adam)  # the closed form cannot be beaten
+    with pytest.raises(ValueError, match="ridge"):
+        DistillConfig(ridge=-1.0)
