@@ -40,3 +40,17 @@ def test_int8_rejects_ort_input_and_wrong_arity():
         int8(q, torch.randn(1, 3, 8, 8), Int8Config(), None)
     with pytest.raises(SlimkitError, match="expects 1 inputs, got 2"):
         q(torch.randn(1, 3, 8, 8), torch.randn(1))
+
+
+def test_reduce_range_only_on_x86_without_vnni(tmp_path, monkeypatch):
+    from slimkit.compress import int8 as mod
+
+    info = tmp_path / "cpuinfo"
+    monkeypatch.setattr(mod.platform, "machine", lambda: "x86_64")
+    info.write_text("processor : 0\nflags : fpu sse avx2 fma\n")
+    assert mod.needs_reduce_range(str(info)) is True
+    info.write_text("processor : 0\nflags : fpu sse avx2 avx512f avx512_vnni\n")
+    assert mod.needs_reduce_range(str(info)) is False
+    assert mod.needs_reduce_range(str(tmp_path / "missing")) is True
+    monkeypatch.setattr(mod.platform, "machine", lambda: "aarch64")
+    assert mod.needs_reduce_range(str(info)) is False
