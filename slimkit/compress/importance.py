@@ -115,12 +115,24 @@ def gram(a):
     return x.T @ x
 
 
+def gram_solve(g, b, ridge=1e-10):
+    """Solve (g + ridge * mean(diag g) I) x = b for a Gram matrix ``g``. Dead (all-zero) units make it
+    singular: where the solve fails, or every unit is dead, the pseudo-inverse gives the minimum-norm x."""
+    scale = float(g.diagonal().mean())
+    if scale > 0:
+        x, info = torch.linalg.solve_ex(g + ridge * scale * torch.eye(g.shape[0], dtype=g.dtype), b)
+        if int(info) == 0 and torch.isfinite(x).all():
+            return x
+    return torch.linalg.pinv(g, hermitian=True) @ b
+
+
 def redundancy_residuals(g, ridge=1e-10):
     """Relative least-squares residual of each unit given all the others, from the Gram matrix."""
-    eye = torch.eye(g.shape[0], dtype=g.dtype)
     diag = g.diagonal().clamp_min(1e-30)
-    inv = torch.linalg.inv(g + ridge * diag.mean() * eye)
-    return (1.0 / (diag * inv.diagonal())).clamp(0, 1).sqrt()
+    inv_diag = gram_solve(g, torch.eye(g.shape[0], dtype=g.dtype), ridge).diagonal()
+    res = (1.0 / (diag * inv_diag)).clamp(0, 1).sqrt()
+    dead = g.diagonal() <= 1e-12 * g.diagonal().mean().clamp_min(1e-30)
+    return res.masked_fill(dead, 0.0)  # an all-zero unit is exactly a (zero) combination of the others
 
 
 @register_importance("redundancy")

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from slimkit.compress.base import CompressContext, PassConfig, register_pass
 from slimkit.compress.graph import ChannelGraph, trace
 from slimkit.compress.importance import (activation_node, get_importance, gram, group_scores, record,
-                                         redundancy_residuals)
+                                         redundancy_residuals, gram_solve)
 from slimkit.compress.surgery import apply_removal
 from slimkit.profile.counting import count_macs
 
@@ -138,9 +138,7 @@ class Pruner:
             K = [i for i, gid in enumerate(gids) if gid not in removed]
             if not S or not K:
                 continue
-            gkk = gmat[K][:, K]
-            ridge = 1e-10 * gkk.diagonal().mean() * torch.eye(len(K), dtype=gkk.dtype)
-            coef = torch.linalg.solve(gkk + ridge, gmat[K][:, S])  # [|K|, |S|]: a_S = a_K @ coef
+            coef = gram_solve(gmat[K][:, K], gmat[K][:, S])  # [|K|, |S|]: a_S = a_K @ coef
             repeat = self.graph.tensors[x].repeat
             for u in users:
                 fns[u] = _make_fold(torch.tensor(K), torch.tensor(S), coef.float(), repeat)

@@ -54,3 +54,18 @@ def test_redundancy_residual_zero_for_dependent_unit():
     g = build_graph(model, x)
     rec = record(g.gm, [(x,)], ["relu"])
     assert rec["relu"].shape == (2, 4, 8, 8)
+
+
+def test_gram_solve_survives_dead_units():
+    from slimkit.compress.importance import gram_solve
+
+    a = torch.randn(50, 4, dtype=torch.float64)
+    a[:, 2] = 0  # a dead ReLU unit: a zero row and column in the Gram matrix
+    g = a.T @ a
+    x = gram_solve(g, g[:, :1])
+    assert torch.isfinite(x).all()
+    torch.testing.assert_close(a @ x, a[:, :1], rtol=1e-6, atol=1e-6)  # still reproduces unit 0 exactly
+    zero = torch.zeros(3, 3, dtype=torch.float64)  # every kept unit dead
+    assert torch.equal(gram_solve(zero, torch.ones(3, 1, dtype=torch.float64)), torch.zeros(3, 1, dtype=torch.float64))
+    res = redundancy_residuals(g)
+    assert float(res[2]) == 0.0 and (res[[0, 1, 3]] > 0.5).all()  # the dead unit is exactly redundant
