@@ -14,6 +14,7 @@
 
 The budget covers weights + gradients + activations (optimizer state is not counted).
 """
+import contextlib
 import copy
 import math
 import time
@@ -72,7 +73,29 @@ class Checkpointed(nn.Module):
     def forward(self, x):
         if not torch.is_grad_enabled():
             return self.segment(x)
-        return checkpoint(self.segment, x, use_reentrant=False)
+        calls = [0]
+
+        def run(inp):  # the second call is the recompute in backward: it must not update BN statistics again
+            calls[0] += 1
+            if calls[0] == 1:
+                return self.segment(inp)
+            with _bn_stats_restored(self.segment):
+                return self.segment(inp)
+
+        return checkpoint(run, x, use_reentrant=False)
+
+
+@contextlib.contextmanager
+def _bn_stats_restored(module):
+    """Restore BatchNorm running statistics on exit (also when checkpoint's early stop raises)."""
+    saved = [(b, b.clone()) for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, copy_ in saved:
+                buf.copy_(copy_)
 
 
 class Offloaded(nn.Module):

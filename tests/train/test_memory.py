@@ -1,4 +1,5 @@
 """Memory-bounded training: same outputs and gradients, fewer saved activation bytes, clear budget errors."""
+import copy
 import pytest
 import torch
 from torch import nn
@@ -63,3 +64,22 @@ def test_tuner_finds_largest_fitting_batch_and_scales_lr():
     assert res.largest_batch == 16
     assert res.best_batch in (1, 2, 4, 8, 16)
     assert res.best_lr == pytest.approx(0.1 * res.best_batch / 8)
+
+
+def test_checkpoint_recompute_does_not_update_batchnorm_stats_twice():
+    from slimkit.train.memory import Checkpointed
+
+    torch.manual_seed(0)
+    seg = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))
+    plain, wrapped = copy.deepcopy(seg).train(), Checkpointed(copy.deepcopy(seg)).train()
+    x = torch.randn(8, 3, 10, 10)
+    for _ in range(3):
+        plain(x).square().sum().backward()
+        wrapped(x).square().sum().backward()
+    for a, b in zip(plain.modules(), wrapped.segment.modules()):
+        if isinstance(a, nn.BatchNorm2d):
+            torch.testing.assert_close(b.running_mean, a.running_mean, rtol=0, atol=0)
+            torch.testing.assert_close(b.running_var, a.running_var, rtol=0, atol=0)
+            assert int(b.num_batches_tracked) == int(a.num_batches_tracked) == 3
+    for p, q in zip(plain.parameters(), wrapped.segment.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-6)
