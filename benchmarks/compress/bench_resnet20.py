@@ -8,8 +8,9 @@ Test split: a seeded class-balanced hold-out of 5,000 images (500 per class, see
 class. The pretrained checkpoint was trained on all 50,000 of these images: the hold-out measures how well
 compression preserves what the network learned, not generalisation. Few-shot set: K=10 images per class, seeded
 draw from the other 45,000. Rows: fold, prune to 0.5x MACs + {cross distill,
-layer-wise distill, fine-tune}, Torch-Pruning at the same MAC target + fine-tune, pq, int8 (ONNX
-Runtime), lowrank curve over its knob (no data). Latency: batch 1 and 64, eager and ONNX Runtime,
+layer-wise distill, fine-tune}, a speed-oriented prune (block-internal, multiples of 8) + cross distill,
+Torch-Pruning at the same MAC target + the same fine-tune, pq, int8 (ONNX Runtime), lowrank curve over
+its knob (no data). Latency: batch 1 and 64, eager and ONNX Runtime,
 interleaved rounds, medians with [p25, p75]; load average recorded. Writes results.md/.json and pareto.png.
 """
 import argparse
@@ -67,8 +68,11 @@ def conv_linear_weight_bytes(model):
     return total
 
 
-def torch_pruning_baseline(model, example, target_macs, few, epochs, lr, log):
-    """Torch-Pruning (L1 magnitude, global off, iterative) to the same MAC target, then the same fine-tune."""
+def torch_pruning_baseline(model, example, target_macs, few, ft, log, internal_only=False):
+    """Torch-Pruning (L1 magnitude, iterative) to the same MAC target, then the same fine-tune as the
+    distill rows (``ft``: keyword arguments of slimkit's ``finetune``). ``internal_only`` leaves the
+    stem, every block's last conv and the classifier alone, so only block-internal channels go and the
+    option-A (zero-pad) shortcut, which Torch-Pruning's tracer cannot see, is never touched."""
     try:
         import torch_pruning as tp
     except ImportError:
@@ -77,9 +81,11 @@ def torch_pruning_baseline(model, example, target_macs, few, epochs, lr, log):
 
     m = copy.deepcopy(model)
     base, _ = tp.utils.count_ops_and_params(m, example)
+    ignored = [mod for name, mod in m.named_modules() if isinstance(mod, torch.nn.Linear)
+               or (internal_only and isinstance(mod, torch.nn.Conv2d) and not name.endswith(".conv1"))]
     pruner = tp.pruner.MagnitudePruner(m, example, importance=tp.importance.MagnitudeImportance(p=1),
-                                       pruning_ratio=0.6, iterative_steps=30,
-                                       ignored_layers=[mod for mod in m.modules() if isinstance(mod, torch.nn.Linear)])
+                                       pruning_ratio=0.9 if internal_only else 0.6, iterative_steps=30,
+                                       ignored_layers=ignored)
     macs = base
     try:  # the option-A (zero-pad) shortcut is a channel dependency generic pruners can get wrong
         for _ in range(30):
@@ -96,7 +102,7 @@ def torch_pruning_baseline(model, example, target_macs, few, epochs, lr, log):
             m(example)
     except Exception as err:  # noqa: BLE001 - reported as a benchmark finding, not hidden
         return None, f"Torch-Pruning {tp.__version__} returned a model that fails at forward: {str(err).splitlines()[0]}"
-    finetune(m, few[0], few[1], epochs, lr, 32, torch.Generator().manual_seed(0))
+    finetune(m, few[0], few[1], teacher=model, gen=torch.Generator().manual_seed(0), **ft)
     return m.eval(), f"MAC ratio {macs / base:.3f}"
 
 
@@ -110,10 +116,10 @@ def main(argv=None):
     ap.add_argument("--macs", type=float, default=0.5)
     ap.add_argument("--pq", default="pq(sub_dim=2,k=8,ec_iters=4)")
     ap.add_argument("--lowrank-knob", default="tradeoff", help="field of the lowrank config swept for the curve")
-    ap.add_argument("--lowrank-values", default="0.1,0.25,0.5,1,2")
+    ap.add_argument("--lowrank-values", default="0.25,0.5,0.6,0.7,0.8,0.9,1,2")
+    ap.add_argument("--prune-fast", default="prune(macs=0.5,coupled=false,round_to=8)",
+                    help="a second, speed-oriented prune recipe (+ cross distillation); empty to skip")
     ap.add_argument("--only", default="", help="comma list of rows to run (fold,prune,tp,pq,int8,lowrank)")
-    ap.add_argument("--finetune-lr", type=float, default=1e-4,
-                    help="end-to-end fine-tune lr of the distill rows (1e-3 collapsed the BN-folded student to 10%%)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: eager timings with 2 threads swing 100x when anything else runs)")
     args = ap.parse_args(argv)
@@ -149,7 +155,9 @@ def main(argv=None):
 
     add("baseline", model, "pretrained checkpoint")
     have = set(list_passes())
-    distill_kw = dict(iters=40 if quick else 150, finetune_epochs=10 if quick else 20, finetune_lr=args.finetune_lr)
+    dcfg = DistillConfig(k=args.k, finetune_epochs=20 if quick else 100)  # defaults: Adam, CE + KD, shifts
+    distill_kw = dict(finetune_epochs=dcfg.finetune_epochs)
+    ft = dict(epochs=dcfg.finetune_epochs, lr=dcfg.finetune_lr, batch_size=32, kd=dcfg.kd, augment=dcfg.augment)
 
     if "fold" in only and "fold" in have:
         folded = compress(model, x1, "fold", latency_batches=(), progress=False).model
@@ -160,28 +168,43 @@ def main(argv=None):
         notes.append("fold: pass not registered yet (part A)")
 
     if "prune" in only:
-        reference = compress(model, x1, "fold", latency_batches=(), progress=False).model
-        # Block-internal channels only (coupled=false): the residual stream stays whole, as in the cross
-        # distillation paper's ResNet setting.
-        how = f"prune(macs={args.macs},coupled=false)"
-        pruned = compress(reference, x1, how, latency_batches=(), progress=False).model
+        # Prune the BN model (coupled: residual stream too, global L1), recover, then fold for deployment.
+        # Pruning/fine-tuning the BN-folded model instead diverged (no normalisation left to train through).
+        how = f"prune(macs={args.macs})"
+        pruned = compress(model, x1, how, latency_batches=(), progress=False).model
         add(f"prune {base_macs / count_macs(pruned, (x1,)):.2f}x fewer MACs, no recovery", pruned, how)
-        ctx = CompressContext(teacher=reference, data=few_batches, progress=True, extras={"reference": reference})
+        ctx = CompressContext(teacher=model, data=few_batches, progress=True, extras={"reference": model})
         for method in ("cross", "layerwise", "finetune"):
             t0 = time.time()
             rec = distill(pruned, x1, DistillConfig(method=method, k=args.k, **distill_kw), ctx)
-            add(f"prune + {method}", rec, f"distill(method={method})", f"{time.time() - t0:.0f}s, {how}")
+            rec = compress(rec, x1, "fold", latency_batches=(), progress=False).model
+            add(f"prune + {method}", rec, f"distill(method={method}),fold", f"{time.time() - t0:.0f}s, {how}")
             models_eager[f"prune+{method}"] = rec
-        models_ort["prune+cross"] = OrtModule.from_torch(models_eager["prune+cross"], x1)
+        for method in ("cross", "layerwise"):
+            models_ort[f"prune+{method}"] = OrtModule.from_torch(models_eager[f"prune+{method}"], x1)
+        if args.prune_fast:
+            # Block-internal channels in multiples of 8: the layout CPU conv kernels run fastest on
+            # (odd channel counts left by coupled pruning cost speed at equal MACs).
+            t0 = time.time()
+            fast = compress(model, x1, args.prune_fast, latency_batches=(), progress=False).model
+            rec = distill(fast, x1, DistillConfig(method="cross", k=args.k, **distill_kw), ctx)
+            rec = compress(rec, x1, "fold", latency_batches=(), progress=False).model
+            add("prune-fast + cross", rec, f"{args.prune_fast},distill(method=cross),fold",
+                f"{time.time() - t0:.0f}s, {args.prune_fast}")
+            models_eager["prune-fast+cross"] = rec
+            models_ort["prune-fast+cross"] = OrtModule.from_torch(rec, x1)
 
     if "tp" in only:
-        tpm, msg = torch_pruning_baseline(model, x1, args.macs, few, distill_kw["finetune_epochs"], 1e-3, log)
-        if tpm is None:
-            notes.append(f"Torch-Pruning: {msg}")
-        else:
-            add("Torch-Pruning + fine-tune", tpm, "tp MagnitudePruner L1", msg)
-            models_eager["torch-pruning"] = tpm
-            models_ort["torch-pruning"] = OrtModule.from_torch(tpm, x1)
+        for internal in (False, True):
+            tpm, msg = torch_pruning_baseline(model, x1, args.macs, few, ft, log, internal_only=internal)
+            label = "Torch-Pruning (block-internal) + fine-tune" if internal else "Torch-Pruning + fine-tune"
+            if tpm is None:
+                notes.append(f"{label}: {msg}")
+                continue
+            add(label, tpm, "tp MagnitudePruner L1" + (", stem/conv2/fc ignored" if internal else ""), msg)
+            key = "torch-pruning-internal" if internal else "torch-pruning"
+            models_eager[key] = tpm
+            models_ort[key] = OrtModule.from_torch(tpm, x1)
 
     if "pq" in only:
         t0 = time.time()
@@ -191,9 +214,8 @@ def main(argv=None):
         rows[-1]["pq_ratio"] = ratio
         models_eager["pq"] = pqm
         ctx = CompressContext(teacher=model, data=few_batches, progress=True)
-        pq_ft = distill(pqm, x1, DistillConfig(method="finetune", k=args.k, kd=1.0, finetune_lr=args.finetune_lr,
-                                               finetune_epochs=distill_kw["finetune_epochs"]), ctx)
-        add("pq + fine-tune (KD)", pq_ft, f"{args.pq},distill(method=finetune,kd=1)",
+        pq_ft = distill(pqm, x1, DistillConfig(method="finetune", k=args.k, **distill_kw), ctx)
+        add("pq + fine-tune (KD)", pq_ft, f"{args.pq},distill(method=finetune)",
             f"conv+linear weights {conv_linear_weight_bytes(model) / conv_linear_weight_bytes(pq_ft):.1f}x smaller")
 
     if "int8" in only:
@@ -219,13 +241,26 @@ def main(argv=None):
                 log(f"latency {kind} batch {b}: {list(group)}")
                 for name, t in interleaved_latency(group, (xb,), repeats=reps, warmup=3).items():
                     lat[f"{kind}:{name}@b{b}"] = t
-    env = dict(torch=torch.__version__, python=platform.python_version(), cpu=platform.processor() or platform.machine(),
+    env = dict(torch=torch.__version__, python=platform.python_version(), cpu=cpu_name(),
                cores=os.cpu_count(), threads=torch.get_num_threads(), loadavg_end=os.getloadavg(), model=model_src,
                test_split=f"seeded class-balanced hold-out, {len(test[1])} images of cifar10_train.npz (seen in the checkpoint's training)",
                few_shot=f"K={args.k}/class, seed 0, from the other 45,000",
                wall_s=time.time() - t_start, quick=quick)
     write_results(args.out, rows, lat, env, notes)
     return 0
+
+
+def cpu_name():
+    """CPU model and whether it has VNNI (int8 speed on ONNX Runtime depends on it)."""
+    from slimkit.compress.int8 import needs_reduce_range
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        name = ""
+    name = name or platform.processor() or platform.machine()
+    return f"{name}, {platform.machine()}, {'no VNNI' if needs_reduce_range() else 'VNNI or non-x86'}"
 
 
 def write_results(out, rows, lat, env, notes):
@@ -258,9 +293,10 @@ def write_results(out, rows, lat, env, notes):
     name_to_lat = {}
     for r in rows:
         key = {"baseline": "eager:baseline@b1", "fold": "eager:fold@b1", "pq": "eager:pq@b1", "int8 (ORT)": "ort:int8@b1",
-               "Torch-Pruning + fine-tune": "eager:torch-pruning@b1"}.get(r["name"])
-        if r["name"].startswith("prune + "):
-            key = f"eager:prune+{r['name'].split(' + ')[1]}@b1"
+               "Torch-Pruning + fine-tune": "eager:torch-pruning@b1",
+               "Torch-Pruning (block-internal) + fine-tune": "eager:torch-pruning-internal@b1"}.get(r["name"])
+        if r["name"].startswith(("prune + ", "prune-fast + ")):
+            key = f"eager:{r['name'].replace(' + ', '+')}@b1"
         name_to_lat[r["name"]] = lat.get(key, {}).get("median_ms") if key else None
     pts = [dict(label=r["name"], accuracy=r["accuracy"], macs=r["macs"], latency_ms=name_to_lat[r["name"]]) for r in rows]
     pareto_plot(pts, os.path.join(out, "pareto.png"), title="ResNet-20 CIFAR-10: accuracy vs MACs / batch-1 latency")

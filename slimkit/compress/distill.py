@@ -4,15 +4,18 @@
 For a student layer W_s with teacher counterpart W_t, x_t is the layer input in the teacher and x_s
 in the student (earlier layers already fitted). Correction loss L_c = ||W_s x_t - W_t x_t||^2 (the
 student layer on the teacher's hidden input), imitation loss L_i = ||W_s x_s - W_t x_s||^2 (the
-teacher layer on the student's hidden input), L = mu L_c + (1 - mu) L_i, each a mean over elements.
-Then a short end-to-end fine-tune (cross-entropy) on the same images.
+teacher layer on the student's hidden input; channels the student no longer has are filled with the
+teacher's activations, see ``_imitation_target``), L = mu L_c + (1 - mu) L_i, each a mean over
+elements. Then an end-to-end fine-tune on the same images (Adam, cross-entropy + KD to the teacher's
+logits, random shifts), as the paper's fine-tune with its optional KD and augmentation switched on.
 
 Both losses are quadratic in (W_s, b_s), so the default ``solver="lsq"`` solves each layer in closed
 form: with A = im2col rows of the layer input, G = mu A_t'A_t + (1 - mu) A_s'A_s and
 B = mu A_t'Y_t + (1 - mu) A_s'Y_st, W = (G + ridge * mean(diag G) I)^-1 B. This is the exact minimiser
 the paper approaches with Adam (``solver="adam"``, ``iters`` steps); with 10 images per class a
 32x32 layer still has ~100k rows for a few hundred unknowns, so the solve is well posed and takes
-milliseconds instead of minutes.
+milliseconds instead of minutes. The default ridge (1e-2) was the best of 1e-4..1e-1 for layer-wise
+recovery of a pruned ResNet-20 (77.1% -> 80.9% top-1 before fine-tune, K=10).
 Baselines on the same data: ``"layerwise"`` (L = ||W_s x_s - W_t x_t||^2, then the same fine-tune)
 and ``"finetune"`` (the fine-tune only).
 
@@ -39,8 +42,9 @@ _LAYERS = (torch.nn.Conv2d, torch.nn.Linear)
 class DistillConfig(PassConfig):
     """k: images per class taken from ``data``; mu: weight of the correction loss; solver: closed-form
     least squares per layer ("lsq") or the paper's Adam loop ("adam", ``iters`` steps at ``lr``);
-    finetune_*: the end-to-end SGD fine-tune (0 epochs = none);
-    kd: weight of a knowledge-distillation term (teacher logits, T=4) added to the fine-tune loss."""
+    finetune_*: the end-to-end Adam fine-tune (0 epochs = none); kd: weight of a knowledge-distillation
+    term (teacher logits, T=4) added to its cross-entropy; augment: random shifts of up to 1/8 of the
+    image size during the fine-tune; flip: also random horizontal flips (off: wrong for digits/text)."""
 
     name = "distill"
     lossless = False
@@ -48,13 +52,15 @@ class DistillConfig(PassConfig):
     k: int = 10
     mu: float = 0.6
     solver: Literal["lsq", "adam"] = "lsq"
-    ridge: float = 1e-4  # lsq: Tikhonov weight relative to the mean diagonal of the Gram matrix
+    ridge: float = 1e-2  # lsq: Tikhonov weight relative to the mean diagonal of the Gram matrix
     iters: int = 150  # adam only
     lr: float = 1e-3  # adam only
     batch_size: int = 50
-    finetune_epochs: int = 20
-    finetune_lr: float = 1e-3
-    kd: float = 0.0  # weight of the teacher-logit KD term in the fine-tune (temperature 4); 0 = CE only
+    finetune_epochs: int = 100
+    finetune_lr: float = 3e-4
+    kd: float = 1.0  # weight of the teacher-logit KD term in the fine-tune (temperature 4); 0 = CE only
+    augment: bool = True
+    flip: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -132,8 +138,23 @@ def _inputs_outputs(model, name, X, batch, want_out):
     return torch.cat(ins), (torch.cat(outs) if want_out else None)
 
 
-def _fit_layer(layer, frozen, x_s, x_t, y_t, config, gen):
-    """Adam on one student layer; ``frozen`` = the teacher layer restricted to the student's channels."""
+def _imitation_target(ref, x_s, x_t, in_idx, out_idx, config):
+    """Y_st: the teacher layer on the student's hidden input. The paper removes channels inside the
+    layer solver, so its x_s still carries the channels being removed; here they are already gone, and
+    the teacher layer restricted to the kept channels would be a trivial target (the unchanged slice).
+    The removed channels are therefore filled with the teacher's activations, so the student layer is
+    asked to absorb their contribution from the channels it keeps."""
+    with torch.no_grad():
+        outs = []
+        for i in range(0, len(x_s), config.batch_size):
+            full = x_t[i:i + config.batch_size].clone()
+            full[:, in_idx] = x_s[i:i + config.batch_size]
+            outs.append(ref(full)[:, out_idx])
+        return torch.cat(outs)
+
+
+def _fit_layer(layer, y_st, x_s, x_t, y_t, config, gen):
+    """Adam on one student layer; ``y_st`` = the imitation target (cross only)."""
     params = [p for p in layer.parameters()]
     opt = torch.optim.Adam(params, lr=config.lr)
     n = len(x_s)
@@ -141,9 +162,7 @@ def _fit_layer(layer, frozen, x_s, x_t, y_t, config, gen):
         pick = torch.randint(0, n, (min(config.batch_size, n),), generator=gen)
         ys = layer(x_s[pick])
         if config.method == "cross":
-            with torch.no_grad():
-                y_st = frozen(x_s[pick])
-            loss = config.mu * F.mse_loss(layer(x_t[pick]), y_t[pick]) + (1 - config.mu) * F.mse_loss(ys, y_st)
+            loss = config.mu * F.mse_loss(layer(x_t[pick]), y_t[pick]) + (1 - config.mu) * F.mse_loss(ys, y_st[pick])
         else:
             loss = F.mse_loss(ys, y_t[pick])
         opt.zero_grad()
@@ -176,7 +195,7 @@ def _lsq_supported(layer):
         layer.padding_mode == "zeros" and not isinstance(layer.padding, str))
 
 
-def _solve_layer(layer, frozen, x_s, x_t, y_t, config):
+def _solve_layer(layer, y_st, x_s, x_t, y_t, config):
     """Closed-form minimiser of the (cross or layer-wise) loss for one layer; returns the loss."""
     cross = config.method == "cross"
     w = config.mu if cross else 0.0  # weight of the correction (teacher-input) term
@@ -187,7 +206,7 @@ def _solve_layer(layer, frozen, x_s, x_t, y_t, config):
         for i in range(0, len(x_s), config.batch_size):
             sl = slice(i, i + config.batch_size)
             a_s = _rows(layer, x_s[sl])
-            target_s = frozen(x_s[sl]) if cross else y_t[sl]  # imitation target, or the layer-wise one
+            target_s = y_st[sl] if cross else y_t[sl]  # imitation target, or the layer-wise one
             gram += (1 - w) * a_s.T @ a_s
             rhs += (1 - w) * a_s.T @ _responses(target_s)
             if w > 0:
@@ -202,7 +221,7 @@ def _solve_layer(layer, frozen, x_s, x_t, y_t, config):
             layer.bias.copy_(sol[n_w].to(layer.bias.dtype))
         ys = layer(x_s)
         if cross:
-            return float(w * F.mse_loss(layer(x_t), y_t) + (1 - w) * F.mse_loss(ys, frozen(x_s)))
+            return float(w * F.mse_loss(layer(x_t), y_t) + (1 - w) * F.mse_loss(ys, y_st))
         return float(F.mse_loss(ys, y_t))
 
 
@@ -212,30 +231,49 @@ def _set_bn_eval(model):
             m.eval()
 
 
-def finetune(model, X, Y, epochs, lr, batch_size, gen, progress=False, teacher=None, kd=0.0, temperature=4.0):
-    """End-to-end SGD fine-tune with cross-entropy (+ ``kd`` x T^2 x KL to the teacher's softened
-    logits when ``teacher`` is given); BatchNorm statistics stay frozen (few images)."""
+def _shift_flip(x, gen, flip):
+    """Few-shot augmentation for image batches: a random shift by up to 1/8 of the size (zero-padded
+    crop, one offset per batch) and, when ``flip``, a random horizontal flip per image."""
+    if x.dim() != 4:
+        return x
+    if flip:
+        mask = torch.rand(len(x), generator=gen) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    h, w = x.shape[2:]
+    ph, pw = h // 8, w // 8
+    i, j = (int(torch.randint(0, 2 * p + 1, (1,), generator=gen)) for p in (ph, pw))
+    return F.pad(x, (pw, pw, ph, ph))[:, :, i:i + h, j:j + w]
+
+
+def finetune(model, X, Y, epochs, lr, batch_size, gen, progress=False, teacher=None, kd=0.0, temperature=4.0,
+             augment=False, flip=False):
+    """End-to-end fine-tune: Adam with a cosine schedule on cross-entropy (+ ``kd`` x T^2 x KL to the
+    teacher's softened logits when ``teacher`` is given), optionally on shifted/flipped copies of the
+    few images. BatchNorm statistics stay frozen (too few images to estimate them). Adam rather than
+    SGD: with frozen (or folded) BatchNorm, SGD at 1e-3 diverged to NaN on the pruned ResNet-20."""
     from tqdm import tqdm
 
     if epochs <= 0:
         return model
-    soft = None
-    if teacher is not None and kd > 0:
-        with torch.no_grad():
-            soft = torch.cat([teacher(X[i:i + 256]) for i in range(0, len(X), 256)])
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    batches = [idx for _ in range(epochs) for idx in torch.randperm(len(X), generator=gen).split(batch_size)]
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, len(batches))
+    use_kd = teacher is not None and kd > 0
     model.train()
     _set_bn_eval(model)
-    for _ in tqdm(range(epochs), desc="distill: fine-tune", disable=not progress, leave=False):
-        for idx in torch.randperm(len(X), generator=gen).split(batch_size):
-            logits = model(X[idx])
-            loss = F.cross_entropy(logits, Y[idx])
-            if soft is not None:
-                loss = loss + kd * temperature ** 2 * F.kl_div(F.log_softmax(logits / temperature, 1),
-                                                               F.softmax(soft[idx] / temperature, 1), reduction="batchmean")
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    for idx in tqdm(batches, desc="distill: fine-tune", disable=not progress, leave=False):
+        x = _shift_flip(X[idx], gen, flip) if augment else X[idx]
+        logits = model(x)
+        loss = F.cross_entropy(logits, Y[idx])
+        if use_kd:
+            with torch.no_grad():
+                soft = F.softmax(teacher(x) / temperature, 1)
+            loss = loss + kd * temperature ** 2 * F.kl_div(F.log_softmax(logits / temperature, 1), soft,
+                                                           reduction="batchmean")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
     return model.eval()
 
 
@@ -267,15 +305,15 @@ def distill(model, example_inputs, config, context=None):
                 report[name] = "skipped: channels do not match a slice of the teacher layer"
                 continue
             out_idx, in_idx = maps
-            frozen = copy.deepcopy(layer).requires_grad_(False)  # = teacher restricted to kept channels
             x_s, _ = _inputs_outputs(student, name, X, config.batch_size, False)
             x_t, y_t = _inputs_outputs(reference, name, X, config.batch_size, True)
+            y_st = _imitation_target(ref, x_s, x_t, in_idx, out_idx, config) if config.method == "cross" else None
             fit = _solve_layer if config.solver == "lsq" and _lsq_supported(layer) else _fit_layer
-            args = (layer, frozen, x_s, x_t[:, in_idx], y_t[:, out_idx], config)
+            args = (layer, y_st, x_s, x_t[:, in_idx], y_t[:, out_idx], config)
             report[name] = fit(*args) if fit is _solve_layer else fit(*args, gen)
         student.eval()
     finetune(student, X, Y, config.finetune_epochs, config.finetune_lr, min(config.batch_size, 32), gen,
-             progress=context.progress, teacher=context.teacher, kd=config.kd)
+             progress=context.progress, teacher=reference, kd=config.kd, augment=config.augment, flip=config.flip)
     student.requires_grad_(True)
     student.distill_report = report
     return student

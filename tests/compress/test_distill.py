@@ -116,3 +116,23 @@ def test_lsq_solver_is_the_exact_minimiser():
     assert 0 < conv2_error(lsq) <= conv2_error(adam)  # the closed form cannot be beaten
     with pytest.raises(ValueError, match="ridge"):
         DistillConfig(ridge=-1.0)
+
+
+def test_imitation_target_fills_removed_channels_from_the_teacher():
+    from slimkit.compress.distill import _imitation_target
+
+    torch.manual_seed(0)
+    ref = torch.nn.Conv2d(4, 3, 3, padding=1)
+    x_t = torch.randn(6, 4, 5, 5)
+    keep = torch.tensor([0, 2, 3])
+    x_s = x_t[:, keep] + 0.1 * torch.randn(6, 3, 5, 5)
+    cfg = DistillConfig(batch_size=4)
+    full = x_t.clone()
+    full[:, keep] = x_s
+    with torch.no_grad():
+        want = ref(full)[:, [1, 2]]
+    got = _imitation_target(ref, x_s, x_t, keep, torch.tensor([1, 2]), cfg)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    # nothing removed: the plain teacher layer on the student's input
+    torch.testing.assert_close(_imitation_target(ref, x_t, x_t, torch.arange(4), torch.arange(3), cfg),
+                               ref(x_t).detach(), rtol=1e-6, atol=1e-6)
