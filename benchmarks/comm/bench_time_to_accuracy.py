@@ -238,7 +238,7 @@ def report(args, all_results):
         ax.set(title=f"LeNet-5/MNIST, {args.workers} workers, {rate}", xlabel="training wall-clock (s)",
                ylabel="test accuracy", ylim=(max(0.0, args.target - 0.25), 1.0))
         ax.legend(fontsize=7)
-        lines += _verdict(summ, args.target)
+        lines += _verdict(summ, args.target, rate)
     fig.tight_layout()
     png = os.path.join(args.out, "time_to_accuracy.png")
     fig.savefig(png, dpi=120)
@@ -252,19 +252,19 @@ def report(args, all_results):
     print(f"wrote {md}, {png}")
 
 
-def _verdict(summ, target):
+def _verdict(summ, target, rate):
     fp32, ecq, psgd = summ.get("fp32"), summ.get("ecq2"), summ.get("powersgd")
     if not (fp32 and ecq):
         return []
     ratio = fp32["payload_bytes"] / ecq["payload_bytes"]
-    gap = 100 * (fp32["final_acc"] - ecq["final_acc"])
+    gap = 100 * (fp32["final_acc"] - ecq["final_acc"])  # negative: ECQ ends above fp32
     out = ["", f"Targets (ECQ-SGD 2-bit): bytes {ratio:.1f}x fewer than fp32 (target >= 32x: "
                f"{'met' if ratio >= 32 else 'NOT met'}); final accuracy {gap:+.2f} pt below fp32 (target <= 0.3: "
                f"{'met' if gap <= 0.3 else 'NOT met'})"]
     t_e, t_f = ecq["time_to_target_s"], fp32["time_to_target_s"]
     if t_e is not None and t_f is not None:
-        out.append(f"; time to {target:.0%}: {t_f / t_e:.2f}x sooner than fp32 (target >= 4x at 100mbit: "
-                   f"{'met' if t_f / t_e >= 4 else 'NOT met'})")
+        verdict = ("met" if t_f / t_e >= 4 else "NOT met") if rate == "100mbit" else "the 4x target is for 100mbit"
+        out.append(f"; time to {target:.0%}: {t_f / t_e:.2f}x sooner than fp32 (target >= 4x at 100mbit: {verdict})")
     else:
         out.append(f"; time to target: ECQ {t_e}, fp32 {t_f} (None = not reached)")
     if psgd and t_e is not None:
