@@ -70,7 +70,7 @@ def main():
     rows += ["", f"Target: >= 3x lower activation memory at <= 20% slower steps. Measured: {before / after:.2f}x lower, "
              f"steps {100 * (med['memory-bounded'] / med['baseline'] - 1):+.1f}%.", "",
              f"Command: `python benchmarks/train/bench_memory.py --model {args.model} --batch {args.batch} "
-             f"--ratio {args.ratio:g}`"]
+             f"--ratio {args.ratio:g} --steps {args.steps}`"]
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"memory_{args.model}.md")
     with open(path, "w") as f:
