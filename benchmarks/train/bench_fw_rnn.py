@@ -131,7 +131,8 @@ def main():
     lines += ["", f"Target: FW reaches Adam's final loss in <= 0.8x Adam's time on at least two of three tasks. "
               f"Met on {met} of {len(verdicts)} tasks: " + ", ".join(f"{t} {'yes' if ok else 'no'}" for t, ok in verdicts),
               "", f"Command: `python benchmarks/train/bench_fw_rnn.py --tasks {args.tasks} --steps {args.steps} "
-              f"--seeds {args.seeds}" + (f" --mnist {args.mnist}`" if args.mnist else "`")]
+              f"--seeds {args.seeds} --hidden {args.hidden} --mnist-subsample {args.mnist_subsample}"
+              + (f" --mnist {args.mnist}`" if args.mnist else "`")]
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "fw_rnn.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
