@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from slimkit.compress.base import PassConfig, register_pass
+from slimkit.compress.importance import gram_solve
 from slimkit.errors import SlimkitError
 
 _LAYERS = (torch.nn.Conv2d, torch.nn.Linear)
@@ -213,8 +214,7 @@ def _solve_layer(layer, y_st, x_s, x_t, y_t, config):
                 a_t = _rows(layer, x_t[sl])
                 gram += w * a_t.T @ a_t
                 rhs += w * a_t.T @ _responses(y_t[sl])
-        reg = config.ridge * gram.diagonal().mean().clamp_min(1e-12)
-        sol = torch.linalg.solve(gram + reg * torch.eye(d, dtype=gram.dtype), rhs)  # (d, out)
+        sol = gram_solve(gram, rhs, config.ridge)  # (d, out)
         n_w = layer.weight[0].numel()
         layer.weight.copy_(sol[:n_w].T.reshape(layer.weight.shape).to(layer.weight.dtype))
         if layer.bias is not None:
@@ -308,9 +308,11 @@ def distill(model, example_inputs, config, context=None):
             x_s, _ = _inputs_outputs(student, name, X, config.batch_size, False)
             x_t, y_t = _inputs_outputs(reference, name, X, config.batch_size, True)
             y_st = _imitation_target(ref, x_s, x_t, in_idx, out_idx, config) if config.method == "cross" else None
-            fit = _solve_layer if config.solver == "lsq" and _lsq_supported(layer) else _fit_layer
             args = (layer, y_st, x_s, x_t[:, in_idx], y_t[:, out_idx], config)
-            report[name] = fit(*args) if fit is _solve_layer else fit(*args, gen)
+            if config.solver == "lsq" and _lsq_supported(layer):
+                report[name] = _solve_layer(*args)
+            else:
+                report[name] = _fit_layer(*args, gen)
         student.eval()
     finetune(student, X, Y, config.finetune_epochs, config.finetune_lr, min(config.batch_size, 32), gen,
              progress=context.progress, teacher=reference, kd=config.kd, augment=config.augment, flip=config.flip)

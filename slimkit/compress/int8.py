@@ -9,9 +9,9 @@ has no parameters to train, and cannot be passed to later passes that edit layer
 """
 import io
 import os
+import platform
 import tempfile
 from dataclasses import dataclass
-import platform
 from typing import Literal, Optional
 
 import numpy as np
