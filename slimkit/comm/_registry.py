@@ -6,7 +6,7 @@ import inspect
 import re
 
 _REGISTRY: dict[str, type] = {}
-_BUILTIN_MODULES = ("identity", "qsgd", "terngrad", "lpc", "sign", "topk", "ecq", "mqgrad")
+_BUILTIN_MODULES = ("identity", "qsgd", "terngrad", "lpc", "sign", "topk", "ecq", "mqgrad", "auto")
 
 
 def register_compressor(name):
@@ -47,7 +47,10 @@ def create_compressor(name, **opts):
     if unknown:
         names = [p for p in accepted if p not in ("self", "kwargs")]
         raise ValueError(f"compressor {name!r} got unknown option(s) {unknown}; it accepts {names}")
-    return cls(**opts)
+    try:
+        return cls(**opts)
+    except TypeError as err:  # e.g. alpha=nan parsed as the string 'nan' and compared with a number
+        raise ValueError(f"compressor {name!r}: bad option value in {opts}: {err}") from None
 
 
 _SPEC = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.S)

@@ -36,6 +36,17 @@ class Compressor:
         payload = self.compress(flat, segments, **kw)
         return payload, self.decompress(payload, flat.numel())
 
+    def compress_chunks(self, flat: torch.Tensor, segments: Segments, bounds: Sequence[int], **kw):
+        """One payload per chunk ``flat[bounds[j]:bounds[j+1]]`` (the two-phase hook sends chunk j to
+        rank j) and the concatenated values the peers will decode. Stateful compressors override
+        this to apply their state (error feedback) to the whole bucket at once."""
+        payloads, decoded = [], []
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            p, d = self.compress_decoded(flat[lo:hi], slice_segments(segments, lo, hi), **kw)
+            payloads.append(p)
+            decoded.append(d.reshape(-1))
+        return payloads, torch.cat(decoded) if decoded else flat.new_zeros(0)
+
     def decompress_own(self, payload: torch.Tensor, numel: int) -> torch.Tensor:
         """Decode this rank's own last payload, reusing the copy a stateful compressor already decoded."""
         cached = getattr(self, "_last", None)
@@ -90,3 +101,17 @@ class Compressor:
 def bits_for(n: int) -> int:
     """Bits needed to store an index in [0, n)."""
     return max(1, math.ceil(math.log2(max(n, 2))))
+
+
+def slice_segments(segments: Segments, lo: int, hi: int):
+    """The parts of ``segments`` (name, numel) that fall into [lo, hi), renamed ``name@a:b`` when a
+    parameter is cut, so that per-name state of a chunk never collides with the whole parameter's."""
+    if segments is None:
+        return None
+    out, pos = [], 0
+    for name, size in segments:
+        a, b = max(lo, pos), min(hi, pos + size)
+        if a < b:
+            out.append((name if (a, b) == (pos, pos + size) else f"{name}@{a - pos}:{b - pos}", b - a))
+        pos += size
+    return out

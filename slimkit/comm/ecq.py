@@ -15,12 +15,23 @@ from slimkit.comm._registry import create_compressor, register_compressor
 from slimkit.comm.base import Compressor
 
 
+_FMAX = torch.finfo(torch.float32).max
+
+
+def _saturate(t: torch.Tensor) -> torch.Tensor:
+    """Finite inputs near float32 max can overflow in g + alpha*h or g - q: clamp to +-max instead
+    (no NaN can arise: both operands are finite). One reduction decides; the clamp is rare."""
+    if not bool(torch.isfinite(t.sum())):
+        t.clamp_(-_FMAX, _FMAX)
+    return t
+
+
 @register_compressor("ecq")
 class ECQ(Compressor):
     def __init__(self, bits: int = 2, alpha: float = 0.2, beta: float = 0.9, inner: str = "qsgd",
                  seed: int = 0, nonfinite: str = "raise", **inner_opts):
         super().__init__(seed, nonfinite)
-        if not 0 <= alpha <= 1 or not 0 <= beta <= 1:
+        if not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in (alpha, beta)):  # NaN fails too
             raise ValueError(f"alpha and beta must lie in [0, 1], got alpha={alpha!r}, beta={beta!r}")
         if inner == "ecq":
             raise ValueError("ecq cannot wrap itself")
@@ -59,13 +70,23 @@ class ECQ(Compressor):
     def compress(self, flat, segments=None, **kw):
         g = self.check_finite(flat.reshape(-1).float())
         segments, h = self._gather_error(g.numel(), segments)
-        payload, q = self.inner.compress_decoded(g + self.alpha * h, **kw)
+        payload, q = self.inner.compress_decoded(_saturate(g + self.alpha * h), **kw)
         self._last = (payload, q)  # the hook reuses it instead of decoding its own payload again
-        h_new = self.beta * h + (g - q)
+        self._store(segments, _saturate(self.beta * h + (g - q)))
+        return payload
+
+    def compress_chunks(self, flat, segments, bounds, **kw):
+        """Error feedback over the whole bucket, then one inner payload per chunk (two-phase hook)."""
+        g = self.check_finite(flat.reshape(-1).float())
+        segments, h = self._gather_error(g.numel(), segments)
+        payloads, q = self.inner.compress_chunks(_saturate(g + self.alpha * h), None, bounds, **kw)
+        self._store(segments, _saturate(self.beta * h + (g - q)))
+        return payloads, q
+
+    def _store(self, segments, h_new):
         # views into this step's fresh h_new (nothing writes to it later); state_dict() clones
         for (name, _), part in zip(segments, h_new.split([s for _, s in segments])):
             self.errors[name] = part
-        return payload
 
     def decompress(self, payload, numel):
         return self.inner.decompress(payload, numel)

@@ -7,35 +7,98 @@ calls the hook on the step that synchronises, with the accumulated gradient.
 ``CommState`` carries the compressor (its state goes into checkpoints) and the counters that
 ``pop_stats()`` returns: bytes_sent, compress_s, comm_s.
 """
+import copy
 import threading
 import time
 
 import torch
 import torch.distributed as dist
 
-from slimkit.comm.base import Compressor
+from slimkit.comm.auto import DENSE, Auto
+from slimkit.comm.base import Compressor, slice_segments
 
 BUILTIN_HOOKS = ("allreduce", "fp16", "powersgd")  # PyTorch's own hooks, wrapped for the same stats
+PATHS = ("auto", "allgather", "twophase")
+PHASE2_RANK_OFFSET = 65536  # the phase-2 compressor of rank r draws the noise stream of "rank" r + this
 _POWERSGD_KEYS = ("iter", "error_dict", "p_memory_dict", "q_memory_dict")
 
 
 class CommState:
     """What the hook needs between calls; the trainer checkpoints ``state_dict()`` and logs ``pop_stats()``."""
 
-    def __init__(self, compressor, process_group=None, param_names=None):
+    def __init__(self, compressor, process_group=None, param_names=None, path="auto"):
+        if path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {path!r}")
         self.compressor = compressor
         self.process_group = process_group
         self.param_names = param_names or {}
         self.rank = dist.get_rank(process_group) if dist.is_initialized() else 0
         self.world_size = dist.get_world_size(process_group) if dist.is_initialized() else 1
+        self.path = path
+        # the two-phase path re-compresses each averaged chunk: its own copy, with its own error feedback
+        self.compressor2 = copy.deepcopy(compressor) if isinstance(compressor, Compressor) else None
+        self._a2a_ok = True
+        self.auto_last = {}  # auto: the last choice per bucket (to flush residuals when it changes)
         self._lock = threading.Lock()
         self._stats = self._zero()
         self.steps = 0
         self.torch_state = None  # the state object of a wrapped PyTorch hook (PowerSGD)
 
+    def bind(self):
+        self.compressor.bind(self.rank)
+        if self.compressor2 is not None:
+            self.compressor2.bind(self.rank + PHASE2_RANK_OFFSET)
+
+    def path_for(self, n: int) -> str:
+        """"auto": two-phase from 3 ranks up (with 2 it sends the same bytes and quantizes twice),
+        and only for buckets big enough to split into one chunk per rank."""
+        if self.path == "allgather" or self.world_size < 2 or n < 16 * self.world_size:
+            return "allgather"
+        if self.path == "twophase":
+            return "twophase"
+        return "twophase" if self.world_size >= 3 else "allgather"
+
+    def all_to_all(self, send, send_sizes, recv_sizes, fixed_size=False):
+        """all_to_all_single with uneven splits (gloo and NCCL in torch 2.13 both have it); a backend
+        without it falls back to all-gathering everything and keeping this rank's chunks."""
+        out = torch.empty(sum(recv_sizes), dtype=torch.uint8, device=send.device)
+        if self._a2a_ok:
+            try:
+                dist.all_to_all_single(out, send, recv_sizes, send_sizes, group=self.process_group)
+                return out
+            except (RuntimeError, NotImplementedError):
+                self._a2a_ok = False  # every rank fails the same way on the same backend
+        # every rank's chunk sizes: identical for fixed-size payloads, else exchanged
+        table = ([list(send_sizes)] * self.world_size if fixed_size
+                 else _exchange_sizes(send_sizes, self.process_group, send.device))
+        width = max(sum(row) for row in table)
+        padded = torch.zeros(width, dtype=torch.uint8, device=send.device)
+        padded[: send.numel()] = send
+        outs = [torch.empty(width, dtype=torch.uint8, device=send.device) for _ in table]
+        dist.all_gather(outs, padded, group=self.process_group)
+        pos = 0
+        for src, size in enumerate(recv_sizes):
+            start = sum(table[src][: self.rank])  # where the sender put my chunk
+            out[pos: pos + size] = outs[src][start: start + size]
+            pos += size
+        return out
+
+    def chunk_sizes(self, mine, device):
+        """Sizes of the payloads every rank sends me: an all-to-all of one int64 per peer (O(N) bytes
+        per rank; all-gathering the whole N x N table would be O(N^2))."""
+        send = torch.tensor(mine, dtype=torch.int64, device=device)
+        if self._a2a_ok:
+            try:
+                out = torch.empty_like(send)
+                dist.all_to_all_single(out, send, group=self.process_group)
+                return out.cpu().tolist()
+            except (RuntimeError, NotImplementedError):
+                self._a2a_ok = False
+        return [row[self.rank] for row in _exchange_sizes(mine, self.process_group, device)]
+
     @staticmethod
     def _zero():
-        return {"bytes_sent": 0, "compress_s": 0.0, "comm_s": 0.0, "hook_calls": 0}
+        return {"bytes_sent": 0, "wire_bytes": 0, "decoded": 0, "compress_s": 0.0, "comm_s": 0.0, "hook_calls": 0}
 
     def _add(self, **kw):
         with self._lock:
@@ -66,11 +129,14 @@ class CommState:
             dist.all_reduce(t, group=self.process_group)
             value = float(t) / self.world_size
         observe(value)
+        if self.compressor2 is not None:
+            self.compressor2.observe_loss(value)  # same losses and seed: the same bit-width decisions
 
     def state_dict(self) -> dict:
         out = {"steps": self.steps, "rank": self.rank, "world_size": self.world_size}
         if isinstance(self.compressor, Compressor):
             out["compressor"] = self.compressor.state_dict()
+            out["compressor2"] = self.compressor2.state_dict()  # phase-2 error feedback and noise
             out["spec"] = repr(self.compressor)
         if self.torch_state is not None:
             # PowerSGDState uses __slots__: keep its step counter and error-feedback/warm-start memories
@@ -85,8 +151,12 @@ class CommState:
                 raise ValueError(f"checkpoint was written with compressor {state['spec']}, "
                                  f"this run uses {self.compressor!r}")
             self.compressor.load_state_dict(state["compressor"])
-            if state.get("rank", self.rank) != self.rank:
+            if "compressor2" in state:
+                self.compressor2.load_state_dict(state["compressor2"])
+            if state.get("rank", self.rank) != self.rank or state.get("world_size", self.world_size) != self.world_size:
+                # another rank's residuals (or another chunk layout) do not belong to this one
                 self.compressor.reset_rank_state(self.rank)
+                self.compressor2.reset_rank_state(self.rank + PHASE2_RANK_OFFSET)
         if self.torch_state is not None and "torch_state" in state:
             for k, v in state["torch_state"].items():
                 setattr(self.torch_state, k, v)
@@ -126,39 +196,164 @@ def _to_bucket_order(flat, layout):
     return torch.cat(out)
 
 
+def _average(parts, world):
+    """Sum of decoded payloads divided by ``world``, divided first: the mean of finite values
+    cannot overflow, their sum can (issue 11, case 5)."""
+    total = torch.zeros(parts[0].numel(), dtype=torch.float32)
+    for part in parts:
+        total.add_(part.reshape(-1), alpha=1.0 / world)
+    return total
+
+
+def _exchange_sizes(mine, group, device):
+    """All ranks' payload sizes ([world] or [world, k] int64 list) for data-dependent payloads."""
+    t = torch.tensor(mine, dtype=torch.int64, device=device).reshape(-1)
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(out, t, group=group)
+    return [o.cpu().tolist() for o in out]
+
+
+def _all_gather_padded(payload, sizes, group, device):
+    """Start an all-gather of ``payload`` padded to max(sizes); returns (future, out buffers)."""
+    width = max(sizes)
+    send = torch.zeros(width, dtype=torch.uint8, device=device)
+    send[: payload.numel()] = payload.to(device)
+    outs = [torch.empty(width, dtype=torch.uint8, device=device) for _ in sizes]
+    return dist.all_gather(outs, send, group=group, async_op=True).get_future(), outs, width
+
+
 def compression_hook(state: CommState, bucket):
-    """DDP comm hook: compress, all-gather payloads, decode and average."""
+    """DDP comm hook: compress, then either all-gather every payload (``path="allgather"``) or run the
+    two-phase compressed all-reduce (``path="twophase"``), decode and average. With ``auto`` the
+    bucket may instead go through a plain fp32 or fp16 all-reduce."""
     buf = bucket.buffer()
-    n, world, group = buf.numel(), state.world_size, state.process_group
+    n = buf.numel()
     t0 = time.perf_counter()
     segments, layout = _layout(state, bucket, n)
     flat = _to_model_order(buf.detach().reshape(-1).cpu().float(), layout)
-    payload = state.compressor.compress(flat, segments)
+    path = state.path_for(n)
+    c1, c2 = state.compressor, state.compressor2
+    if isinstance(c1, Auto):
+        key = (bucket.index(), n)
+        choice = c1.decide(key, flat, segments, state.world_size, state.process_group, path,
+                           chunk_bounds(n, state.world_size))
+        _flush_left(state, key, choice, flat, segments)
+        if choice in DENSE:
+            return _dense_allreduce(state, buf, flat, layout, choice, t0)
+        c1, c2 = c1.candidates[choice], c2.candidates[choice]
+    if path == "twophase":
+        return _two_phase(state, c1, c2, buf, flat, segments, layout, t0)
+    return _all_gather_path(state, c1, buf, flat, segments, layout, t0)
+
+
+def _flush_left(state, key, choice, flat, segments):
+    """When ``auto`` moves a bucket off a compressor, add that compressor's error-feedback residual
+    (what it still owed this rank's gradient) to the gradient sent now."""
+    last = state.auto_last.get(key)
+    state.auto_last[key] = choice
+    if last is None or last == choice or last in DENSE:
+        return
+    errors = getattr(getattr(state.compressor.candidates[last], "quantizer", state.compressor.candidates[last]),
+                     "errors", None)
+    if not errors:
+        return
+    pos = 0
+    for name, size in segments:
+        h = errors.pop(name, None)
+        if h is not None and h.numel() == size:
+            flat[pos:pos + size] += h
+        pos += size
+
+
+def _dense_allreduce(state, buf, flat, layout, choice, t0):
+    world, n = state.world_size, flat.numel()
+    send = flat.div_(world).half() if choice == "fp16" else flat.div_(world)  # divide first: no overflow
+    send = send.to(buf.device)
+    fut = dist.all_reduce(send, group=state.process_group, async_op=True).get_future()
     t1 = time.perf_counter()
-    size = payload.numel()
-    if state.compressor.fixed_size:
-        sizes = [size] * world
-    else:  # data-dependent sizes: exchange them, then pad everyone to the largest
-        mine = torch.tensor([size], dtype=torch.int64, device=buf.device)
-        gathered = [torch.empty_like(mine) for _ in range(world)]
-        dist.all_gather(gathered, mine, group=group)
-        sizes = [int(s) for s in gathered]
-    width = max(sizes)
-    send = torch.zeros(width, dtype=torch.uint8, device=buf.device)
-    send[:size] = payload.to(buf.device)
-    outs = [torch.empty(width, dtype=torch.uint8, device=buf.device) for _ in range(world)]
-    fut = dist.all_gather(outs, send, group=group, async_op=True).get_future()
 
     def finish(_):
         t2 = time.perf_counter()
-        total = torch.zeros(n, dtype=torch.float32)
-        for r, (out, s) in enumerate(zip(outs, sizes)):
-            total += (state.compressor.decompress_own(payload, n) if r == state.rank
-                      else state.compressor.decompress(out[:s].cpu(), n))
-        buf.copy_(_to_bucket_order(total / world, layout).view_as(buf).to(buf.dtype))
+        buf.copy_(_to_bucket_order(send.float().cpu(), layout).view_as(buf).to(buf.dtype))
+        nbytes = n * (2 if choice == "fp16" else 4)
+        state._add(bytes_sent=nbytes, wire_bytes=2 * (world - 1) * nbytes // world, compress_s=(t1 - t0),
+                   comm_s=t2 - t1, hook_calls=1)
+        return buf
+
+    return fut.then(finish)
+
+
+def _all_gather_path(state, c1, buf, flat, segments, layout, t0):
+    world, group, n = state.world_size, state.process_group, flat.numel()
+    payload = c1.compress(flat, segments)
+    t1 = time.perf_counter()
+    size = payload.numel()
+    sizes = [size] * world if c1.fixed_size else [s[0] for s in _exchange_sizes([size], group, buf.device)]
+    fut, outs, width = _all_gather_padded(payload, sizes, group, buf.device)
+
+    def finish(_):
+        t2 = time.perf_counter()
+        parts = [c1.decompress_own(payload, n) if r == state.rank
+                 else c1.decompress(out[:s].cpu(), n) for r, (out, s) in enumerate(zip(outs, sizes))]
+        buf.copy_(_to_bucket_order(_average(parts, world), layout).view_as(buf).to(buf.dtype))
         t3 = time.perf_counter()
-        state._add(bytes_sent=width + (0 if state.compressor.fixed_size else 8),
-                   compress_s=(t1 - t0) + (t3 - t2), comm_s=t2 - t1, hook_calls=1)
+        state._add(bytes_sent=width + (0 if c1.fixed_size else 8), wire_bytes=(world - 1) * width,
+                   decoded=(world - 1) * n, compress_s=(t1 - t0) + (t3 - t2), comm_s=t2 - t1, hook_calls=1)
+        return buf
+
+    return fut.then(finish)
+
+
+def chunk_bounds(n: int, world: int) -> list[int]:
+    """Chunk j of a bucket of n values is [bounds[j], bounds[j+1]); rank j reduces it."""
+    return [n * j // world for j in range(world + 1)]
+
+
+def _two_phase(state, c1, c2, buf, flat, segments, layout, t0):
+    """Two-phase compressed all-reduce (the scheme of 1-bit Adam's compressed all-reduce):
+    1. every rank compresses chunk j of its bucket for rank j, and an all-to-all delivers them;
+    2. rank r decodes the N payloads of chunk r, averages them, compresses the average again with
+       its own compressor (second error-feedback state), and an all-gather delivers every chunk.
+    Bytes sent and values decoded per rank stay about constant in N. Phase 1 runs synchronously so
+    that every collective is issued from the hook's thread in bucket order (DDP calls the hook in
+    the same bucket order on every rank): with several buckets in flight, collectives issued from
+    completion callbacks could interleave differently across ranks."""
+    world, group, rank, dev = state.world_size, state.process_group, state.rank, buf.device
+    n = flat.numel()
+    bounds = chunk_bounds(n, world)
+    payloads, own_decoded = c1.compress_chunks(flat, segments, bounds)
+    t1 = time.perf_counter()
+    mine = [p.numel() for p in payloads]
+    if c1.fixed_size:  # same numel -> same size: what I send for chunk r is what everyone sends for it
+        recv = [mine[rank]] * world
+    else:
+        recv = state.chunk_sizes(mine, dev)
+    received = state.all_to_all(torch.cat(payloads).to(dev), mine, recv, c1.fixed_size)
+    t2 = time.perf_counter()
+    lo, hi = bounds[rank], bounds[rank + 1]
+    parts, pos = [], 0
+    for src, size in enumerate(recv):
+        parts.append(own_decoded[lo:hi] if src == rank else c1.decompress(received[pos:pos + size].cpu(), hi - lo))
+        pos += size
+    avg = _average(parts, world) if hi > lo else flat.new_zeros(0)
+    payload2 = c2.compress(avg, slice_segments(segments, lo, hi))
+    own2 = c2.decompress_own(payload2, hi - lo)
+    t3 = time.perf_counter()
+    sizes2 = mine if c1.fixed_size else [s[0] for s in _exchange_sizes([payload2.numel()], group, dev)]
+    fut, outs, width = _all_gather_padded(payload2, sizes2, group, dev)
+
+    def finish(_):
+        t4 = time.perf_counter()
+        out = torch.empty(n, dtype=torch.float32)
+        for j in range(world):
+            a, b = bounds[j], bounds[j + 1]
+            out[a:b] = own2 if j == rank else c2.decompress(outs[j][: sizes2[j]].cpu(), b - a)
+        buf.copy_(_to_bucket_order(out, layout).view_as(buf).to(buf.dtype))
+        t5 = time.perf_counter()
+        sent1 = sum(mine) - mine[rank]
+        state._add(bytes_sent=sum(mine) + payload2.numel(), wire_bytes=sent1 + (world - 1) * width,
+                   decoded=(world - 1) * (hi - lo) + (n - (hi - lo)),
+                   compress_s=(t1 - t0) + (t3 - t2) + (t5 - t4), comm_s=(t2 - t1) + (t4 - t3), hook_calls=1)
         return buf
 
     return fut.then(finish)
@@ -171,7 +366,9 @@ def _wrap_torch_hook(state: CommState, hook, bytes_per_elem):
 
         def done(f):
             nbytes = bucket.buffer().numel() * bytes_per_elem if bytes_per_elem else 0
-            state._add(bytes_sent=int(nbytes), comm_s=time.perf_counter() - t0, hook_calls=1)
+            world = state.world_size  # ring all-reduce: each rank sends 2 (N-1)/N of the buffer
+            state._add(bytes_sent=int(nbytes), wire_bytes=int(2 * (world - 1) * nbytes // max(world, 1)),
+                       comm_s=time.perf_counter() - t0, hook_calls=1)
             return f.value()
 
         return fut.then(done)
@@ -179,7 +376,7 @@ def _wrap_torch_hook(state: CommState, hook, bytes_per_elem):
     return wrapped
 
 
-def register(ddp_model, compressor, process_group=None, **hook_opts) -> CommState:
+def register(ddp_model, compressor="auto", process_group=None, path="auto", **hook_opts) -> CommState:
     """Install slimkit's compression hook on a DistributedDataParallel model.
 
     ``compressor`` is a Compressor, a spec string (``"ecq(bits=2)"``), or one of PyTorch's own hooks
@@ -210,7 +407,7 @@ def register(ddp_model, compressor, process_group=None, **hook_opts) -> CommStat
     if not isinstance(compressor, Compressor):
         raise TypeError(f"expected a slimkit Compressor, a spec string or one of {BUILTIN_HOOKS}, "
                         f"got {type(compressor).__name__}")
-    state = CommState(compressor, process_group, names)
-    compressor.bind(state.rank)
+    state = CommState(compressor, process_group, names, path=path)
+    state.bind()
     ddp_model.register_comm_hook(state, compression_hook)
     return state

@@ -65,6 +65,10 @@ class MQGrad(Compressor):
             return self.quantizer.compress(flat, segments, bits=self.bits)
         return self.quantizer.compress(flat, bits=self.bits)
 
+    def compress_chunks(self, flat, segments, bounds):
+        flat = self.check_finite(flat.reshape(-1).float())
+        return self.quantizer.compress_chunks(flat, segments, bounds, bits=self.bits)
+
     def decompress(self, payload, numel):
         return self.quantizer.decompress(payload, numel)
 

@@ -18,6 +18,29 @@ from slimkit.comm.packing import (ByteReader, pack_bits, packed_nbytes, rice_dec
                                   unpack_bits)
 
 _DENSE, _SPARSE = 0, 1
+_FMAX = torch.finfo(torch.float32).max
+
+
+def safe_l2(x: torch.Tensor) -> torch.Tensor:
+    """Row L2 norms [rows, 1] that cannot overflow on finite input: the plain float32 norm, and for
+    the rows where its squares overflowed, max|v| * ||v / max|v|||, saturated at float32 max."""
+    norm = x.norm(dim=1, keepdim=True)
+    bad = ~torch.isfinite(norm.reshape(-1))
+    if bool(bad.any()):  # rare: only rows with |v| >~ 1e19 take the extra passes
+        rows = x[bad]
+        peak = rows.abs().amax(1, keepdim=True)
+        norm[bad] = (peak * (rows / peak).norm(dim=1, keepdim=True)).clamp_max_(_FMAX)
+    return norm
+
+
+def safe_rms(x: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
+    """Row RMS [rows, 1] computed as peak * RMS(v / peak): no overflow on finite input."""
+    rms = x.pow(2).mean(1, keepdim=True).sqrt()
+    bad = ~torch.isfinite(rms.reshape(-1))
+    if bool(bad.any()):
+        rows, p = x[bad], peak[bad]
+        rms[bad] = p * (rows / p).pow(2).mean(1, keepdim=True).sqrt()
+    return rms
 
 
 @register_compressor("qsgd")
@@ -61,11 +84,11 @@ class QSGD(Compressor):
     def _scales(self, x):
         if self.clip is not None:
             # LPC: clip to theta = min(max|v|, clip * RMS) inside the quantizer; the scale is theta
-            rms = x.pow(2).mean(1, keepdim=True).sqrt()
-            theta = torch.minimum(x.abs().amax(1, keepdim=True), self.clip * rms)
+            peak = x.abs().amax(1, keepdim=True)
+            theta = torch.minimum(peak, self.clip * safe_rms(x, peak)).clamp_max_(_FMAX)
             return x.clamp(-theta, theta), theta
         if self.norm == "l2":
-            return x, x.norm(dim=1, keepdim=True)
+            return x, safe_l2(x)
         return x, x.abs().amax(1, keepdim=True)
 
     def _codes(self, flat: torch.Tensor, bits: int):

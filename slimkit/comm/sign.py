@@ -25,8 +25,10 @@ class ScaledSign(Compressor):
         nb = max(1, -(-n // size))
         padded = torch.zeros(nb * size)
         padded[:n] = flat
-        scales = padded.view(nb, size).abs().sum(1) / torch.tensor(
-            [min(size, n - i * size) for i in range(nb)], dtype=torch.float32)
+        counts = torch.full((nb, 1), float(size))
+        counts[-1] = n - (nb - 1) * size
+        # divide before summing: the mean of finite values cannot overflow, their sum can
+        scales = padded.view(nb, size).abs().div_(counts).sum(1)
         return torch.cat([to_bytes(scales), pack_bits((flat >= 0).long(), 1)])
 
     def decompress(self, payload, numel):
