@@ -17,6 +17,9 @@ class PassConfig:
 
     name: ClassVar[str] = ""
     lossless: ClassVar[bool] = False
+    # recovery passes (distill, BN recalibration ...) move the model back towards the teacher: their
+    # check compares with the teacher, not with the (compressed) model they start from
+    recovery: ClassVar[bool] = False
     version: ClassVar[int] = 1
 
 
@@ -29,6 +32,7 @@ class CompressContext:
     data: Any = None  # iterable of (x, y) batches: the few-shot images (may be None: data-free)
     eval_data: Any = None
     progress: bool = True
+    output: Any = None  # which model output the passes compare (see slimkit.model_io.select_output)
     extras: dict = field(default_factory=dict)
 
 

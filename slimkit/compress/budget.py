@@ -142,7 +142,7 @@ def allocate(options, evaluate, target, progress=False):
 
 def _budget_prune(model, x, config, context, metric, sens):
     pruner = Pruner(model, x, config.criterion, context, config.calib_batches)
-    base = metric.proxy(pruner.graph.gm)
+    base = metric.proxy(pruner.model)
     options, grid = {}, [k / config.steps for k in range(config.steps)]
 
     def removed_for(levels):

@@ -1,24 +1,29 @@
-"""Lossless folding (DLA): BatchNorm into the preceding conv/linear, drop dropout/identity, merge
-linear->linear with nothing between (only where the merged layer does not cost more MACs).
+"""Lossless folding (DLA): BatchNorm into the preceding conv/linear, dropout modules out, linear->linear
+with nothing between merged (only where the merged layer does not cost more MACs).
 
-Works on a torch.fx trace, so functional code (``F.dropout``, ``torch.flatten`` ...) is handled;
-the result is a ``torch.fx.GraphModule`` in eval mode. BN is folded only when the conv/linear output
-feeds nothing but that BN (otherwise the un-normalised value is still needed)::
+Works on the ``torch.export`` capture (``capture.py``) to find what feeds what, and edits a copy of the
+user's own modules: a folded BatchNorm or a merged-away linear becomes ``nn.Identity``, so the model's
+forward code runs unchanged. BN is folded only when the conv/linear output feeds nothing but that BN
+(otherwise the un-normalised value is still needed) and both modules run once::
 
     W' = W * gamma / sqrt(var + eps)      b' = (b - mean) * gamma / sqrt(var + eps) + beta
+
+Functional dropout (``F.dropout(x, p, self.training)``) is code, not a module: in eval mode it already
+does nothing and stays.
 """
 import copy
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from slimkit.compress.base import CompressContext, PassConfig, register_pass
-from slimkit.compress.graph import trace
+from slimkit.compress.capture import capture
+from slimkit.compress.graph import _op
 
-_DROP_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
-_DROP_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout}
+_DROP_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+_LAYER_OPS = ("conv1d", "conv2d", "conv3d", "linear")
+_BN_OPS = ("batch_norm", "_native_batch_norm_legit_no_training")
 
 
 @dataclass
@@ -61,48 +66,77 @@ def fold_bn_into(layer, bn):
             layer.bias.copy_(new_b)
 
 
-def _module_of(gm, node, types):
-    if node.op == "call_module":
-        mod = gm.get_submodule(node.target)
-        if isinstance(mod, types):
-            return mod
-    return None
+def set_module(model, name, module):
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
 
 
-def _replace(gm, node, by):
-    node.replace_all_uses_with(by)
-    gm.graph.erase_node(node)
+def _weight_module(cap, model, arg, types):
+    """(module name, module) owning the parameter/buffer placeholder ``arg``, if of ``types``."""
+    if not isinstance(arg, torch.fx.Node):
+        return None, None
+    fqn = cap.tensor_name(arg)
+    if fqn is None:
+        return None, None
+    name = fqn.rpartition(".")[0]
+    mod = model.get_submodule(name) if name else model
+    return (name, mod) if isinstance(mod, types) else (None, None)
 
 
-def fold_model(model, example_inputs, config=None):
-    """Fold a copy of ``model``; returns ``(GraphModule, FoldStats)`` with exact counts of what went."""
+def _skip_eval_dropout(node):
+    """The producer of ``node``'s input, looking through eval-mode dropout (a no-op) with one user."""
+    prev = node.args[0]
+    while isinstance(prev, torch.fx.Node) and prev.op == "call_function" and _op(prev) in ("dropout", "dropout_") \
+            and len(prev.args) > 2 and prev.args[2] is False and len(prev.users) == 1:
+        prev = prev.args[0]
+    return prev
+
+
+def fold_model(model, example_inputs, config=None, output=None):
+    """Fold a copy of ``model``; returns ``(model copy, FoldStats)`` with exact counts of what went."""
     config = config or FoldConfig()
-    gm = trace(copy.deepcopy(model).eval(), example_inputs)
+    new = copy.deepcopy(model).eval()
     stats = FoldStats()
-    for node in list(gm.graph.nodes):
-        if config.dropout and node.op == "call_module" and isinstance(gm.get_submodule(node.target), _DROP_MODULES):
-            is_id = isinstance(gm.get_submodule(node.target), nn.Identity)
-            _replace(gm, node, node.args[0])
-            stats.identity_removed += is_id
-            stats.dropout_removed += not is_id
-        elif config.dropout and node.op == "call_function" and node.target in _DROP_FUNCTIONS:
-            _replace(gm, node, node.args[0])
-            stats.dropout_removed += 1
-        elif config.bn and _module_of(gm, node, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) is not None:
+    if config.dropout:
+        for name, mod in list(new.named_modules()):
+            if isinstance(mod, _DROP_MODULES):
+                set_module(new, name, nn.Identity())
+                stats.dropout_removed += 1
+    if not (config.bn or config.linear):
+        return new, stats
+    with torch.no_grad():
+        cap = capture(new, example_inputs, output)
+    uses = {}
+    for node in cap.graph.nodes:
+        for a in node.all_input_nodes:
+            uses[a.name] = uses.get(a.name, 0) + 1
+    for node in list(cap.graph.nodes):
+        if node.op != "call_function":
+            continue
+        op = _op(node)
+        if config.bn and op in _BN_OPS:
             prev = node.args[0]
-            layer = _module_of(gm, prev, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
-            if layer is None or len(prev.users) != 1:
+            if not isinstance(prev, torch.fx.Node) or prev.op != "call_function" or _op(prev) not in _LAYER_OPS \
+                    or len(prev.users) != 1:
                 continue
-            if isinstance(layer, nn.Linear) and len(node.meta["tensor_meta"].shape) != 2:
+            lname, layer = _weight_module(cap, new, prev.args[1], (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+            bname, bn = _weight_module(cap, new, node.args[3], nn.modules.batchnorm._BatchNorm)
+            if layer is None or bn is None or uses.get(prev.args[1].name) != 1 or uses.get(node.args[3].name) != 1:
+                continue
+            if isinstance(layer, nn.Linear) and len(node.meta["val"].shape) != 2:
                 continue  # BatchNorm1d on [N, C, L] normalises dim 1, not the linear's features
-            fold_bn_into(layer, gm.get_submodule(node.target))
-            _replace(gm, node, prev)
+            fold_bn_into(layer, bn)
+            set_module(new, bname, nn.Identity())
             stats.bn_folded += 1
-        elif config.linear and _module_of(gm, node, nn.Linear) is not None:
-            prev = node.args[0]
-            first = _module_of(gm, prev, nn.Linear)
-            second = gm.get_submodule(node.target)
-            if first is None or len(prev.users) != 1:
+        elif config.linear and op == "linear":
+            prev = _skip_eval_dropout(node)
+            if not isinstance(prev, torch.fx.Node) or prev.op != "call_function" or _op(prev) != "linear" \
+                    or len(prev.users) != 1:
+                continue
+            fname, first = _weight_module(cap, new, prev.args[1], nn.Linear)
+            sname, second = _weight_module(cap, new, node.args[1], nn.Linear)
+            if first is None or second is None or uses.get(prev.args[1].name) != 1 \
+                    or uses.get(node.args[1].name) != 1:
                 continue
             h, n, m = first.out_features, first.in_features, second.out_features
             if m * n > h * (m + n):
@@ -115,20 +149,16 @@ def fold_model(model, example_inputs, config=None):
                 merged = nn.Linear(n, m).to(first.weight.dtype)
                 merged.weight.copy_(w)
                 merged.bias.copy_(b)
-            gm.add_submodule(node.target, merged)
-            node.args = (prev.args[0],) + tuple(node.args[1:])
-            gm.graph.erase_node(prev)
+            set_module(new, sname, merged)
+            set_module(new, fname, nn.Identity())
             stats.linear_merged += 1
-    gm.graph.eliminate_dead_code()
-    gm.delete_all_unused_submodules()
-    gm.recompile()
-    return gm.eval(), stats
+    return new.eval(), stats
 
 
 @register_pass(FoldConfig)
 def fold(model, example_inputs, config=FoldConfig(), context=None):
-    """Lossless fold pass: a new eval-mode GraphModule; counts go to ``context.extras['fold']``."""
-    gm, stats = fold_model(model, example_inputs, config)
+    """Lossless fold pass: a folded eval-mode copy of ``model``; counts go to ``context.extras['fold']``."""
+    gm, stats = fold_model(model, example_inputs, config, getattr(context, "output", None))
     if context is not None:
         context.extras["fold"] = stats
     return gm

@@ -1,9 +1,10 @@
-"""Channel importance criteria: callables ``(graph, activations_fn) -> {(source, channel): score}``.
+"""Channel importance criteria: ``fn(graph, activations_fn) -> {(weight FQN, dim): scores}``.
 
-Scores are normalised per source layer (divided by that layer's mean) so groups from different layers
-compare fairly in a global ranking; a group's score is the mean over its members.
+Each producer (a weight dim that creates channels) gets one score per channel. Scores are normalised
+per producer (divided by its mean) so groups from different layers compare fairly in a global ranking;
+a group's score is the mean over its members.
 
-- ``l1`` / ``l2``: norm of the output filter, divided by its fan-in (weight only, data-free).
+- ``l1`` / ``l2``: norm of the channel's output filter, divided by its fan-in (weight only, data-free).
 - ``bn_scale``: |gamma| of the BatchNorm that follows the channel (network slimming); channels
   without a BN fall back to ``l2``.
 - ``vote``: majority voting of activations (needs data): each sample votes for the top-``q``
@@ -13,9 +14,11 @@ compare fairly in a global ranking; a group's score is the mean over its members
   residual_j^2 / ||a_j||^2 = 1 / (G_jj (G^-1)_jj).
 """
 import torch
-import torch.fx
+
+from slimkit.compress.graph import UNARY, _op
 
 _CRITERIA = {}
+_FOLLOW = UNARY | {"batch_norm", "layer_norm", "group_norm", "instance_norm"}
 
 
 def register_importance(name):
@@ -38,17 +41,16 @@ def get_importance(name):
         raise ValueError(f"unknown criterion {name!r}; expected one of {', '.join(list_importances())}") from None
 
 
-def _module(graph, node_name):
-    node = next(n for n in graph.gm.graph.nodes if n.name == node_name)
-    return graph.modules[node.target]
+def _tensor(graph, fqn):
+    mod, _, attr = fqn.rpartition(".")
+    return getattr(graph.cap.model.get_submodule(mod) if mod else graph.cap.model, attr).detach()
 
 
 def _norm_scores(graph, p):
     out = {}
-    for src in graph.sources:
-        w = _module(graph, src).weight.detach()
-        w = w.flatten(1)
-        out[src] = w.abs().pow(p).sum(1).pow(1 / p) / w.shape[1] ** (1 / p)
+    for prod in graph.unique_producers():
+        w = _tensor(graph, prod.param).movedim(prod.dim, 0).flatten(1).float()
+        out[(prod.param, prod.dim)] = w.abs().pow(p).sum(1).pow(1 / p) / max(w.shape[1], 1) ** (1 / p)
     return out
 
 
@@ -66,52 +68,71 @@ def l2(graph, activations=None):
 def bn_scale(graph, activations=None):
     out = _norm_scores(graph, 2)
     gamma = {}
-    for name, src_in in graph.param_pass.items():
-        bn = _module(graph, name)
-        if getattr(bn, "affine", False) and hasattr(bn, "running_var"):
-            for e, gv in zip(graph.tensors[src_in].elems, bn.weight.detach().abs()):
-                gamma.setdefault(e, float(gv))
-    for src, elems in graph.sources.items():
-        if all(e in gamma for e in elems):
-            out[src] = torch.tensor([gamma[e] for e in elems])
+    for wname, _, _ in graph.bn_params:
+        elems = graph.param_elems.get(wname, {}).get(0)
+        if elems is None:
+            continue
+        for e, gv in zip(elems.tolist(), _tensor(graph, wname).abs().tolist()):
+            gamma.setdefault(graph.uf.find(e), gv)
+    for prod in graph.unique_producers():
+        roots = [graph.uf.find(e) for e in graph.param_elems[prod.param][prod.dim].tolist()]
+        if all(r in gamma for r in roots):
+            out[(prod.param, prod.dim)] = torch.tensor([gamma[r] for r in roots])
     return out
 
 
-def activation_node(graph, src):
-    """Follow single-user pass-through ops (BN, ReLU, ...) after ``src``: where its units are 'activated'."""
-    nodes = {n.name: n for n in graph.gm.graph.nodes}
-    node = nodes[src]
+def activation_node(graph, producer):
+    """Follow single-user pass-through ops (BN, ReLU, ...) after a producer's op: where its units are
+    'activated'. Returns (node name, channel dim of that node's output)."""
+    node = graph.node_by_name(producer.node)
     while len(node.users) == 1:
         user = next(iter(node.users))
-        if graph.tensors.get(user.name) is not graph.tensors[node.name] or user.name in graph.consumers:
+        if user.op != "call_function" or _op(user) not in _FOLLOW or user.args[0] is not node:
             break
         node = user
-    return node.name
+    elems = graph.param_elems[producer.param][producer.dim]
+    roots = [graph.uf.find(e) for e in elems.tolist()]
+    for t in graph.vals[node.name].tracks:
+        if len(t.dims) == 1 and len(t.grid) == len(elems) and [graph.uf.find(int(e)) for e in t.grid] == roots:
+            return node.name, t.dims[0]
+    return None, None
 
 
-def per_channel(act):
-    """[N, C, *] -> [N, C, S] (S positions per channel)."""
+def per_channel(act, dim=1):
+    """[N, ..., C at ``dim``, ...] -> [N, C, S] (S positions per channel)."""
+    act = act.movedim(dim, 1)
     return act.reshape(act.shape[0], act.shape[1], -1)
+
+
+def producer_activations(graph, activations):
+    """{producer key: [N, C, S] activations} for every producer whose activation node is found."""
+    where = {}
+    for prod in graph.unique_producers():
+        name, dim = activation_node(graph, prod)
+        if name is not None:
+            where[(prod.param, prod.dim)] = (name, dim)
+    acts = activations(sorted({n for n, _ in where.values()}))
+    return {k: per_channel(acts[n], d) for k, (n, d) in where.items() if n in acts}
 
 
 @register_importance("vote")
 def vote(graph, activations, q=0.5):
     if activations is None:
         raise ValueError("criterion 'vote' needs data (context.data or example inputs with a batch)")
-    acts = activations({src: activation_node(graph, src) for src in graph.sources})
-    out = {}
-    for src, a in acts.items():
-        m = per_channel(a).mean(2)  # [N, C]
+    out = l2(graph)
+    for key, a in producer_activations(graph, activations).items():
+        m = a.mean(2)  # [N, C]
         k = max(1, int(round(q * m.shape[1])))
         top = m.topk(k, dim=1).indices
         votes = torch.zeros(m.shape[1]).index_add_(0, top.flatten(), torch.ones(top.numel()))
-        out[src] = votes / m.shape[0] + 1e-6
+        out[key] = votes / m.shape[0] + 1e-6
     return out
 
 
 def gram(a):
     """Gram matrix over samples of per-channel activations [N, C, *] -> [C, C] (float64)."""
-    x = per_channel(a).transpose(1, 2).reshape(-1, a.shape[1]).double()
+    a = a if a.dim() == 3 else per_channel(a)
+    x = a.transpose(1, 2).reshape(-1, a.shape[1]).double()
     return x.T @ x
 
 
@@ -139,35 +160,27 @@ def redundancy_residuals(g, ridge=1e-10):
 def redundancy(graph, activations):
     if activations is None:
         raise ValueError("criterion 'redundancy' needs data (context.data or example inputs with a batch)")
-    acts = activations({src: activation_node(graph, src) for src in graph.sources})
-    return {src: redundancy_residuals(gram(a)).float() + 1e-6 for src, a in acts.items()}
+    out = l2(graph)
+    for key, a in producer_activations(graph, activations).items():
+        out[key] = redundancy_residuals(gram(a)).float() + 1e-6
+    return out
 
 
 def group_scores(graph, per_source):
-    """Mean of per-source-normalised member scores for each prunable group."""
-    norm = {s: v / v.mean().clamp_min(1e-12) for s, v in per_source.items()}
-    return {g.id: float(sum(norm[s][i] for s, i in g.members) / len(g.members)) for g in graph.prunable_groups()}
-
-
-class _Recorder(torch.fx.Interpreter):
-    def __init__(self, gm, wanted):
-        super().__init__(gm)
-        self.wanted, self.seen = wanted, {}
-
-    def run_node(self, n):
-        out = super().run_node(n)
-        if n.name in self.wanted:
-            self.seen[n.name] = out.detach()
-        return out
+    """Mean of per-producer-normalised member scores for each prunable group."""
+    norm = {k: v / v.mean().clamp_min(1e-12) for k, v in per_source.items()}
+    out = {}
+    for g in graph.prunable_groups():
+        vals = [float(norm[(graph.producers[pi].param, graph.producers[pi].dim)][c]) for pi, c in g.members]
+        out[g.id] = sum(vals) / len(vals)
+    return out
 
 
 @torch.no_grad()
-def record(gm, batches, node_names):
-    """Outputs of ``node_names`` over input ``batches`` (tuples), concatenated along the batch."""
+def record(graph, examples, node_names):
+    """Outputs of ``node_names`` over the input ``examples``, concatenated along the batch."""
     acc = {}
-    for inputs in batches:
-        rec = _Recorder(gm, set(node_names))
-        rec.run(*inputs)
-        for k, v in rec.seen.items():
+    for ex in examples:
+        for k, v in graph.cap.run(ex, node_names).items():
             acc.setdefault(k, []).append(v)
     return {k: torch.cat(v) for k, v in acc.items()}

@@ -1,19 +1,23 @@
-"""Structured pruning: physically remove channels/neurons, dependency-aware (``graph.py``).
+"""Structured pruning: physically remove channels, neurons and attention heads, dependency-aware.
 
-Targets (one of):
+The channel graph (``graph.py``, on a ``torch.export`` capture) says which channels are coupled; surgery
+(``surgery.py``) slices a copy of the user's own modules, so the pruned model is the same class with
+the same forward code. Targets (one of):
 
-- ``macs=0.5``: keep about half of the MACs (searched: the number of removed groups is bisected
-  against the exact MAC count of the pruned model on the example inputs);
+- ``macs=0.5``: keep about half of the MACs. Each group's MAC cost is read once from the graph (a
+  per-op cost model: MACs scale with the kept fraction of every channel dim an op multiplies over), the
+  removed fraction is bisected on that model, and the built model's exact MAC count is checked;
 - ``ratio=0.3``: remove 30% of the prunable channel groups of every layer cluster (``scope=layer``)
   or of all of them ranked together (``scope=global``);
 - neither, with ``criterion=redundancy``: remove every unit whose activation is a linear combination
-  of the others with relative residual < ``tau``.
+  of the others with relative residual < ``tau`` (its contribution is folded into the next layer:
+  ``W_next[:, K] += W_next[:, S] @ C`` with ``A_K C = A_S`` by least squares on calibration data).
 
-With ``criterion=redundancy`` the removed units' contribution is folded into the next conv/linear:
-``W_next[:, K] += W_next[:, S] @ C`` where ``C`` solves ``A_K C = A_S`` (least squares over the
-calibration activations), so an exactly dependent unit is removed losslessly. This applies to units
-whose layer output reaches only convs/linears through pass-through ops (BN/ReLU); others are removed
-without compensation.
+User control: ``exclude="classifier|encoder.layer.0.*"`` (module names or glob patterns, ``|``-separated
+in recipes) keeps those modules unchanged; ``ratios="layer1.*:0.3|layer3.*:0.6"`` fixes the removed
+fraction of the matching layers (the rest is searched for ``macs=``); ``round_to=8`` or
+``round_to="Conv2d:8|Linear:16|heads:1"`` rounds kept channels per layer cluster up to a multiple, by
+layer type. ``coupled=False`` prunes only channels with a single producer (block-internal channels).
 
 Example::
 
@@ -22,26 +26,59 @@ Example::
 """
 import copy
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from slimkit.compress.base import CompressContext, PassConfig, register_pass
-from slimkit.compress.graph import ChannelGraph, trace
-from slimkit.compress.importance import (activation_node, get_importance, gram, group_scores, record,
-                                         redundancy_residuals, gram_solve)
-from slimkit.compress.surgery import apply_removal
+from slimkit.compress.graph import build_graph, modelled_macs
+from slimkit.compress.importance import (activation_node, get_importance, gram, gram_solve, group_scores, per_channel,
+                                         record, redundancy_residuals)
+from slimkit.compress.surgery import apply_removal, matches
+from slimkit.model_io import Example, as_example_list
 from slimkit.profile.counting import count_macs
 
 SCOPES = ("global", "layer")
+
+
+def split_words(value):
+    """``"a|b"`` / ``["a", "b"]`` / None -> ("a", "b")."""
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split("|") if v.strip())
+    return tuple(value)
+
+
+def parse_mapping(value, what, cast):
+    """``"a:1|b:2"`` or a dict -> {key: cast(value)}; a bare value -> {"*": value}."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, dict):
+        return {str(k): cast(v) for k, v in value.items()}
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return {"*": cast(value)}
+    out = {}
+    for item in split_words(value):
+        key, sep, val = item.rpartition(":")
+        if not sep:
+            key, val = "*", item
+        try:
+            out[key.strip()] = cast(val)
+        except ValueError:
+            raise ValueError(f"prune: {what} entry {item!r} is not NAME:VALUE (e.g. {what}=layer1.*:0.3)") from None
+    return out
 
 
 @dataclass
 class PruneConfig(PassConfig):
     """``macs``: fraction of MACs to keep; ``ratio``: fraction of channels to remove per layer (or
     globally); ``criterion``: l1|l2|bn_scale|vote|redundancy; ``round_to``: kept channels per layer
-    cluster rounded up to a multiple; ``tau``: redundancy threshold; ``q``: vote top fraction;
+    cluster rounded up to a multiple (an int, or per layer type ``Conv2d:8|Linear:16|heads:1``);
+    ``exclude``: modules left unchanged (names/globs, ``|``-separated); ``ratios``: fixed removed
+    fractions per module pattern; ``tau``: redundancy threshold; ``q``: vote top fraction;
     ``coupled=False`` prunes only channels with a single producer (block-internal channels), the usual
     setting for residual networks, whose shared residual stream is the most sensitive part."""
 
@@ -51,7 +88,9 @@ class PruneConfig(PassConfig):
     ratio: Optional[float] = None
     criterion: str = "l1"
     scope: str = "global"
-    round_to: int = 1
+    round_to: Union[int, str, dict] = 1
+    exclude: Union[str, tuple, list] = ""
+    ratios: Union[str, dict, None] = None
     tau: float = 1e-4
     q: float = 0.5
     calib_batches: int = 4
@@ -66,37 +105,45 @@ class PruneConfig(PassConfig):
             raise ValueError("prune: give either macs= or ratio=, not both")
         if self.scope not in SCOPES:
             raise ValueError(f"prune: scope must be one of {SCOPES}, got {self.scope!r}")
-        if self.macs is None and self.ratio is None and self.criterion != "redundancy":
-            raise ValueError("prune: needs macs= (kept MAC fraction) or ratio= (removed channel fraction)")
+        ratios = parse_mapping(self.ratios, "ratios", float)
+        if self.macs is None and self.ratio is None and not ratios and self.criterion != "redundancy":
+            raise ValueError("prune: needs macs= (kept MAC fraction), ratio= (removed channel fraction) or ratios=")
+        if any(not 0 <= r < 1 for r in ratios.values()):
+            raise ValueError(f"prune: ratios must be removed fractions in [0, 1), got {ratios}")
         get_importance(self.criterion)  # raises with the valid names
-        if self.round_to < 1:
+        if any(r < 1 for r in parse_mapping(self.round_to, "round_to", int).values()):
             raise ValueError(f"prune: round_to must be >= 1, got {self.round_to}")
 
+    @property
+    def exclude_patterns(self):
+        return split_words(self.exclude)
 
-def _as_tuple(x):
-    return x if isinstance(x, tuple) else (x,)
+
+def calibration_examples(example_inputs, context, n):
+    """Model inputs for activation statistics: the few-shot data if given, else the example inputs."""
+    example = Example.of(example_inputs)
+    if context is not None and context.data is not None:
+        out = as_example_list(context.data, example, limit=n)
+        if out:
+            return out
+    return [example]
 
 
 def calibration_batches(example_inputs, context, n):
-    """Input tuples for activation statistics: the few-shot data if given, else the example inputs."""
-    if context is not None and context.data is not None:
-        out = []
-        for batch in context.data:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            out.append(_as_tuple(x))
-            if len(out) >= n:
-                break
-        return out
-    return [_as_tuple(example_inputs)]
+    """Positional input tuples (older form of ``calibration_examples``, for positional-only models)."""
+    return [tuple(ex.args) for ex in calibration_examples(example_inputs, context, n)]
 
 
 class Pruner:
     """Ranks the channel groups of a model and builds pruned copies; used by the pass and the budget driver."""
 
-    def __init__(self, model, example_inputs, criterion="l1", context=None, calib_batches=4, q=0.5, coupled=True):
-        self.example_inputs = _as_tuple(example_inputs)
-        self.graph = ChannelGraph(trace(copy.deepcopy(model).eval(), self.example_inputs))
-        self.batches = calibration_batches(example_inputs, context, calib_batches)
+    def __init__(self, model, example_inputs, criterion="l1", context=None, calib_batches=4, q=0.5, coupled=True,
+                 exclude=(), output=None):
+        self.example = Example.of(example_inputs)
+        self.model = copy.deepcopy(model).eval()
+        self.output = output if output is not None else getattr(context, "output", None)
+        self.graph = build_graph(self.model, self.example, self.output, exclude)
+        self.batches = calibration_examples(self.example, context, calib_batches)
         self.criterion = criterion
         fn = get_importance(criterion)
         per_source = fn(self.graph, self._activations) if criterion != "vote" else fn(self.graph, self._activations, q)
@@ -105,103 +152,164 @@ class Pruner:
         if not coupled:  # keep only groups produced by a single layer
             clusters = [[gid for gid in c if len(self.graph.groups[gid].members) == 1] for c in clusters]
         self.clusters = [sorted(c, key=self.scores.get) for c in clusters if c]
-        self.macs0 = count_macs(self.graph.gm, self.example_inputs)
+        self.terms = self.graph.mac_model()
+        self.macs0 = count_macs(self.model, self.example)
+        self.unmodelled = self.macs0 - modelled_macs(self.terms, np.zeros(len(self.graph.groups), dtype=bool))
         self._folds = self._redundancy_stats() if criterion == "redundancy" else {}
+        head_groups = {g for s in self.graph.splits for g in self.graph.group_ids(s.units).tolist()}
+        self._cluster_kind = [self._kind(c, head_groups) for c in self.clusters]
 
-    def _activations(self, wanted):
-        rec = record(self.graph.gm, self.batches, list(set(wanted.values())))
-        return {src: rec[node] for src, node in wanted.items()}
+    def _activations(self, node_names):
+        return record(self.graph, self.batches, node_names)
+
+    def _kind(self, cluster, head_groups):
+        if any(g in head_groups for g in cluster):
+            return "heads"
+        g = self.graph.groups[cluster[0]]
+        mod = self.graph.modules.get(self.graph.producers[g.members[0][0]].module)
+        return type(mod).__name__ if mod is not None else ""
+
+    def cluster_modules(self, ci):
+        return sorted({self.graph.producers[pi].module for gid in self.clusters[ci]
+                       for pi, _ in self.graph.groups[gid].members})
 
     # ---- linear-redundancy compensation
     def _redundancy_stats(self):
-        """Gram matrices at the input of eligible consumers: sources whose output only reaches convs/linears."""
-        g, nodes, out = self.graph, {n.name: n for n in self.graph.gm.graph.nodes}, {}
-        for src, elems in g.sources.items():
-            x = activation_node(g, src)
-            users = list(nodes[x].users)
-            single = all(g.group_of(e) is not None and len(g.groups[g.group_of(e)].members) == 1
-                         and g.groups[g.group_of(e)].prunable for e in elems)
-            if single and users and all(g.consumers.get(u.name) == x for u in users) \
-                    and g.tensors[x].elems == elems:
-                out[src] = (x, [u.name for u in users])
+        """Gram matrices at the activation of eligible producers: single-producer channels read only by
+        conv/linear weights directly (through pass-through ops such as BN/ReLU)."""
+        g, out = self.graph, {}
+        consumers_by_node = {}
+        for c in g.consumers:
+            consumers_by_node.setdefault(c.node, []).append(c)
+        for prod in g.unique_producers():
+            name, dim = activation_node(g, prod)
+            if name is None:
+                continue
+            elems = g.param_elems[prod.param][prod.dim]
+            gids = g.group_ids(elems)
+            if (gids < 0).any() or any(len(g.groups[x].members) != 1 or not g.groups[x].prunable for x in gids.tolist()):
+                continue
+            users = list(g.node_by_name(name).users)
+            cons = [consumers_by_node.get(u.name, []) for u in users]
+            if not users or any(len(c) != 1 for c in cons):
+                continue
+            out[(prod.param, prod.dim)] = (name, dim, [c[0] for c in cons])
         if out:
-            acts = record(g.gm, self.batches, list({x for x, _ in out.values()}))
-            out = {src: (x, users, gram(acts[x])) for src, (x, users) in out.items()}
+            acts = self._activations(sorted({n for n, _, _ in out.values()}))
+            out = {k: (n, d, cons, gram(per_channel(acts[n], d))) for k, (n, d, cons) in out.items() if n in acts}
         return out
 
     def _fold_fns(self, removed):
         fns = {}
-        for src, (x, users, gmat) in self._folds.items():
-            elems = self.graph.sources[src]
-            gids = [self.graph.group_of(e) for e in elems]
+        for (param, dim), (_, _, consumers, gmat) in self._folds.items():
+            elems = self.graph.param_elems[param][dim]
+            gids = self.graph.group_ids(elems).tolist()
             S = [i for i, gid in enumerate(gids) if gid in removed]
             K = [i for i, gid in enumerate(gids) if gid not in removed]
             if not S or not K:
                 continue
-            coef = gram_solve(gmat[K][:, K], gmat[K][:, S])  # [|K|, |S|]: a_S = a_K @ coef
-            repeat = self.graph.tensors[x].repeat
-            for u in users:
-                fns[u] = _make_fold(torch.tensor(K), torch.tensor(S), coef.float(), repeat)
+            coef = gram_solve(gmat[K][:, K], gmat[K][:, S]).float()  # [|K|, |S|]: a_S = a_K @ coef
+            roots = [self.graph.uf.find(int(e)) for e in elems]
+            for c in consumers:
+                pos_roots = [self.graph.uf.find(int(e)) for e in self.graph.param_elems[c.param][c.dim]]
+                positions = [[p for p, r in enumerate(pos_roots) if r == root] for root in roots]
+                if len({len(p) for p in positions}) != 1:
+                    continue
+                fns[c.param] = _make_fold(torch.tensor(positions), K, S, coef, c.dim)
         return fns
 
     # ---- selection
-    def _respect_minimums(self, removed, round_to):
-        """Keep >= round_to channels per source and a multiple of round_to per cluster."""
+    def _round(self, ci, round_to):
+        table = round_to if isinstance(round_to, dict) else {"*": int(round_to)}
+        return int(table.get(self._cluster_kind[ci], table.get("*", 1)))
+
+    def _respect_minimums(self, removed, round_to=1):
+        """Keep >= round_to channels per producer and a multiple of round_to per cluster."""
         removed = set(removed)
-        for cluster in self.clusters:
+        for ci, cluster in enumerate(self.clusters):
+            r = self._round(ci, round_to)
             gone = [gid for gid in cluster if gid in removed]
             keep_n = len(cluster) - len(gone)
-            want = min(len(cluster), max(round_to, -(-keep_n // round_to) * round_to))
+            want = min(len(cluster), max(r, -(-keep_n // r) * r))
             for gid in reversed(gone):  # give back the best-scored removed groups first
                 if keep_n >= want:
                     break
                 removed.discard(gid)
                 keep_n += 1
-        for src, elems in self.graph.sources.items():
-            gids = [self.graph.group_of(e) for e in elems]
+        for prod in self.graph.unique_producers():
+            gids = self.graph.group_ids(self.graph.param_elems[prod.param][prod.dim]).tolist()
             kept = sum(1 for gid in gids if gid not in removed)
             for gid in sorted({gid for gid in gids if gid in removed}, key=self.scores.get, reverse=True):
-                if kept >= min(round_to, len(elems)):
+                if kept >= 1:
                     break
                 removed.discard(gid)
-                kept += 1
+                kept += sum(1 for x in gids if x == gid)
         return removed
 
-    def select(self, amount, scope="global", round_to=1):
-        """Groups to remove: ``amount`` in [0, 1] is the removed fraction (per cluster or global)."""
+    def _fixed(self, ratios):
+        """Groups removed by per-pattern ``ratios`` and the clusters they cover."""
+        removed, covered = [], set()
+        if not ratios:
+            return removed, covered
+        for ci, c in enumerate(self.clusters):
+            mods = self.cluster_modules(ci)
+            for pattern, r in ratios.items():
+                if any(matches(m, [pattern]) for m in mods):
+                    removed.extend(c[:int(r * len(c))])
+                    covered.add(ci)
+                    break
+        return removed, covered
+
+    def select(self, amount, scope="global", round_to=1, ratios=None):
+        """Groups to remove: ``amount`` in [0, 1] is the removed fraction (per cluster or global) of the
+        clusters not fixed by ``ratios``."""
+        fixed, covered = self._fixed(ratios)
+        free = [c for ci, c in enumerate(self.clusters) if ci not in covered]
         if scope == "layer":
-            removed = [gid for c in self.clusters for gid in c[:int(amount * len(c))]]
+            removed = [gid for c in free for gid in c[:int(amount * len(c))]]
         else:
-            order = sorted((gid for c in self.clusters for gid in c), key=self.scores.get)
+            order = sorted((gid for c in free for gid in c), key=self.scores.get)
             removed = order[:int(round(amount * len(order)))]
-        return self._respect_minimums(removed, round_to)
+        return self._respect_minimums(fixed + removed, round_to)
 
     def build(self, removed):
-        return apply_removal(self.graph, removed, fold=self._fold_fns(set(removed)) if self._folds else None)
+        return apply_removal(self.graph, removed, self.model, fold=self._fold_fns(set(removed)) if self._folds else None)
+
+    def estimated_macs(self, removed):
+        mask = np.zeros(len(self.graph.groups), dtype=bool)
+        mask[list(removed)] = True
+        return self.unmodelled + modelled_macs(self.terms, mask)
 
     def macs_ratio(self, removed):
-        return count_macs(self.build(removed), self.example_inputs) / self.macs0
+        return count_macs(self.build(removed), self.example) / self.macs0
 
-    def search_macs(self, target, scope="global", round_to=1, progress=False):
-        """Smallest removed fraction whose pruned model keeps <= ``target`` of the MACs (bisection)."""
-        lo, hi = 0.0, 1.0
-        best = self.select(1.0, scope, round_to)
-        if self.macs_ratio(best) > target:
+    def search_macs(self, target, scope="global", round_to=1, ratios=None, progress=False):
+        """Smallest removed fraction whose pruned model keeps <= ``target`` of the MACs: bisection on the
+        MAC model, then the exact count of the built model (nudged up if the model was optimistic)."""
+        est = lambda removed: self.estimated_macs(removed) / self.macs0  # noqa: E731
+        best = self.select(1.0, scope, round_to, ratios)
+        if est(best) > target:
             return best  # cannot reach the target: return the most pruned model we can build
-        for _ in tqdm(range(12), desc="prune: MAC search", disable=not progress, leave=False):
+        lo, hi = 0.0, 1.0
+        for _ in tqdm(range(20), desc="prune: MAC search", disable=not progress, leave=False):
             mid = (lo + hi) / 2
-            removed = self.select(mid, scope, round_to)
-            if self.macs_ratio(removed) <= target:
+            removed = self.select(mid, scope, round_to, ratios)
+            if est(removed) <= target:
                 hi, best = mid, removed
             else:
                 lo = mid
+        for _ in range(8):  # the exact count decides; the cost model is exact for conv/linear/attention
+            if self.macs_ratio(best) <= target + 1e-9 or hi >= 1.0:
+                break
+            hi = min(1.0, hi + 0.01)
+            best = self.select(hi, scope, round_to, ratios)
         return best
 
     def redundant(self, tau):
         """Greedy: repeatedly remove the eligible unit with the smallest residual while it is < tau."""
         removed = set()
-        for src, (_, _, gmat) in self._folds.items():
-            gids = [self.graph.group_of(e) for e in self.graph.sources[src]]
+        for (param, dim), (_, _, _, gmat) in self._folds.items():
+            gids = self.graph.group_ids(self.graph.param_elems[param][dim]).tolist()
             alive = list(range(len(gids)))
             while len(alive) > 1:
                 res = redundancy_residuals(gmat[alive][:, alive])
@@ -212,31 +320,39 @@ class Pruner:
         return removed
 
 
-def _make_fold(K, S, coef, repeat):
-    def fold(mod, in_keep):
+def _make_fold(positions, K, S, coef, dim):
+    """``W[:, pos(K)] += W[:, pos(S)] @ coef`` along the consumer weight's input ``dim`` (positions[c] are
+    the input positions that carry channel c: one, or several after a flatten)."""
+    def fold(w):
         with torch.no_grad():
-            w = mod.weight
-            if repeat == 1:
-                w[:, K] += torch.einsum("os...,ks->ok...", w[:, S], coef)
-            else:  # flattened input: channel c owns features c*repeat .. c*repeat+repeat-1
-                w3 = w.view(w.shape[0], -1, repeat)
-                w3[:, K] += torch.einsum("osr,ks->okr", w3[:, S], coef)
+            wt = w.movedim(dim, 1)
+            for r in range(positions.shape[1]):
+                pk, ps = positions[K, r], positions[S, r]
+                wt[:, pk] += torch.einsum("os...,ks->ok...", wt[:, ps], coef)
     return fold
+
+
+def prune_with(model, example_inputs, config, context):
+    """(pruned model, Pruner, removed groups) for ``config``; the pass and the budget driver share it."""
+    ratios = parse_mapping(config.ratios, "ratios", float)
+    round_to = parse_mapping(config.round_to, "round_to", int)
+    pruner = Pruner(model, example_inputs, config.criterion, context, config.calib_batches, config.q,
+                    config.coupled, config.exclude_patterns)
+    if config.macs is not None:
+        removed = pruner.search_macs(config.macs, config.scope, round_to, ratios, context.progress)
+    elif config.ratio is not None or ratios:
+        removed = pruner.select(config.ratio or 0.0, config.scope, round_to, ratios)
+    else:
+        removed = pruner._respect_minimums(pruner.redundant(config.tau), round_to)
+    return pruner.build(removed), pruner, removed
 
 
 @register_pass(PruneConfig)
 def prune(model, example_inputs, config=PruneConfig(ratio=0.0), context=None):
-    """Return a structurally pruned copy of ``model`` (a torch.fx GraphModule); ``model`` is untouched."""
+    """Return a structurally pruned copy of ``model`` (same class and forward); ``model`` is untouched."""
     context = context or CompressContext()
-    pruner = Pruner(model, example_inputs, config.criterion, context, config.calib_batches, config.q,
-                    config.coupled)
-    if config.macs is not None:
-        removed = pruner.search_macs(config.macs, config.scope, config.round_to, context.progress)
-    elif config.ratio is not None:
-        removed = pruner.select(config.ratio, config.scope, config.round_to)
-    else:
-        removed = pruner._respect_minimums(pruner.redundant(config.tau), config.round_to)
-    out = pruner.build(removed)
+    out, pruner, removed = prune_with(model, example_inputs, config, context)
     context.extras["prune"] = {"groups_removed": len(removed), "groups_prunable": len(pruner.scores),
-                               "macs_before": pruner.macs0}
+                               "macs_before": pruner.macs0, "unsupported": dict(pruner.graph.unsupported),
+                               "excluded": list(pruner.graph.excluded)}
     return out

@@ -13,19 +13,25 @@ from slimkit.models._registry import register_model
 class PadShortcut(nn.Module):
     """Option-A shortcut: take every second pixel and zero-pad the channels by ``pad`` on each side.
 
-    A module (not a lambda) so that torch.fx traces it and pruners can recognise the channel padding:
-    output channel ``pad + c`` carries input channel ``c``; the other channels are zero.
+    Output channel ``left + c`` carries input channel ``c``; the other channels are zero. The amounts
+    are attributes with a ``set_channel_pad`` hook, so structured pruning may remove padded channels
+    too (with a padding in code, as in a lambda, those channels must stay).
     """
 
     def __init__(self, pad):
         super().__init__()
-        self.pad = pad
+        self.left = self.right = pad
 
     def forward(self, x):
-        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.left, self.right))
+
+    def set_channel_pad(self, dim, left, right):
+        if dim != 1:
+            raise ValueError(f"PadShortcut pads channels (dim 1), not dim {dim}")
+        self.left, self.right = left, right
 
     def extra_repr(self):
-        return f"pad={self.pad}"
+        return f"left={self.left}, right={self.right}"
 
 
 class BasicBlock(nn.Module):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from slimkit.model_io import Example
 from slimkit.profile.memory import ActivationTracker
 
 
@@ -123,30 +124,27 @@ def _counter():
     return FlopCounterMode(display=False, custom_mapping=CUSTOM_FORMULAS)
 
 
-def _as_tuple(example_inputs):
-    return example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-
-
 @torch.no_grad()
 def count_macs(model, example_inputs):
-    """Total MACs of one forward pass of ``model`` on ``example_inputs`` (a tensor or a tuple)."""
+    """Total MACs of one forward pass of ``model`` on ``example_inputs`` (a tensor, a tuple, a dict of
+    keyword inputs or a ``slimkit.model_io.Example``)."""
+    example = Example.of(example_inputs)
     counter = _counter()
     with counter:
-        model(*_as_tuple(example_inputs))
+        example(model)
     return counter.get_total_flops() // 2
 
 
 @torch.no_grad()
 def analyze_ops(model, example_inputs) -> OpAnalysis:
     """Trace one no-grad forward: MACs by module and operator, unsupported ops, peak activations."""
-    inputs = _as_tuple(example_inputs)
-    keep = [t for t in inputs if isinstance(t, torch.Tensor)]
-    keep += list(model.parameters()) + list(model.buffers())
+    example = Example.of(example_inputs)
+    keep = example.tensors() + list(model.parameters()) + list(model.buffers())
     counter = _counter()
     tracker = ActivationTracker(exclude=keep)
     # tracker outside the counter: it sees ops after FlopCounterMode's own decompositions.
     with tracker, counter:
-        model(*inputs)
+        example(model)
     counts = counter.get_flop_counts()
     root = type(model).__name__
     by_module = {}

@@ -7,25 +7,65 @@ from _toys_a import toy_net, one_thread  # noqa: F401 (autouse fixture)
 from slimkit.compress.graph import GraphError, build_graph
 
 
-def _group_members(graph):
-    return [sorted(g.members) for g in graph.groups]
+def _members(graph):
+    """Each group as the sorted list of (weight FQN, channel) it holds."""
+    return [sorted((graph.producers[pi].param, c) for pi, c in g.members) for g in graph.groups]
 
 
 def test_toynet_groups_follow_residual_pad_concat_and_depthwise():
     g = build_graph(toy_net(), torch.randn(2, 3, 8, 8))
-    members = _group_members(g)
+    members = _members(g)
     # residual stream of stage 1 (stem + block1.conv2) sits in channels 2..5 of stage 2 (pad of 2 each side)
     for c in range(4):
-        assert sorted([("stem", c), ("block1_conv2", c), ("block2_conv2", c + 2)]) in members
-    # stage-2 channels 0,1,6,7 are tied only to the zero pad: block2.conv2 alone
+        assert sorted([("stem.weight", c), ("block1.conv2.weight", c), ("block2.conv2.weight", c + 2)]) in members
+    # stage-2 channels 0,1,6,7 are tied only to the zero pad, whose amounts live in code: block2.conv2 alone, fixed
+    by_members = {tuple(m): grp for m, grp in zip(members, g.groups)}
     for c in (0, 1, 6, 7):
-        assert [("block2_conv2", c)] in members
+        assert not by_members[(("block2.conv2.weight", c),)].prunable
     assert len(g.groups) == 4 + 4 + 8 + 4 + 6 + 5  # stem-stream, b1.conv1, b2.conv1, pad-only, side, fc
     prunable = g.prunable_groups()
-    assert len(prunable) == 4 + 4 + 8 + 4 + 6  # fc outputs reach the network output: fixed
-    assert not any(("fc", 0) in grp.members for grp in prunable)
-    assert sorted(len(c) for c in g.clusters()) == [4, 6, 8, 8]
-    assert list(g.pads) == ["pad"] and g.param_pass["dw"] == "relu_4"  # depthwise is pass-through
+    assert len(prunable) == 4 + 4 + 8 + 6  # fc outputs reach the network output; pad-only channels stay
+    assert not any(("fc.weight", 0) in _members(g)[grp.id] for grp in prunable)
+    assert sorted(len(c) for c in g.clusters()) == [4, 4, 6, 8]
+    # the depthwise conv and its BN follow the channels they read (no group of their own)
+    assert not any(p.param == "dw.weight" for p in g.producers)
+    root = g.uf.find(int(g.param_elems["dw.weight"][0][3]))
+    assert root == g.uf.find(int(g.param_elems["block2.conv2.weight"][0][3]))
+    assert g.unsupported == {}
+
+
+class PadModule(nn.Module):
+    """An option-A shortcut whose channel padding is an attribute with an edit hook."""
+
+    def __init__(self, pad):
+        super().__init__()
+        self.left = self.right = pad
+
+    def forward(self, x):
+        return F.pad(x, (0, 0, 0, 0, self.left, self.right))
+
+    def set_channel_pad(self, dim, left, right):
+        self.left, self.right = left, right
+
+
+class EditablePadNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.pad = nn.Conv2d(3, 2, 1), nn.Conv2d(2, 4, 1), PadModule(1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.a(x)
+        z = torch.relu(self.b(y)) + self.pad(y)
+        return self.fc(z.mean((2, 3)))
+
+
+def test_editable_pad_channels_are_prunable():
+    g = build_graph(EditablePadNet().eval(), torch.randn(2, 3, 4, 4))
+    assert [p.module for p in g.pads] == ["pad"]
+    # b's channels 0 and 3 meet only the zero pad: prunable because the pad can be edited
+    assert sum(1 for m in _members(g) if m in ([("b.weight", 0)], [("b.weight", 3)])) == 2
+    assert all(grp.prunable for grp in g.groups if _members(g)[grp.id][0][0] == "b.weight")
 
 
 class Unsupported(nn.Module):
@@ -41,9 +81,18 @@ class Reflect(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 1)
+        self.fc = nn.Linear(6, 2)
 
     def forward(self, x):
-        return F.pad(self.conv(x), (0, 0, 0, 0, 1, 1), mode="reflect")
+        return self.fc(F.pad(self.conv(x), (0, 0, 0, 0, 1, 1), mode="reflect").mean((2, 3)))
+
+
+def test_unknown_op_and_reflect_pad_fix_channels_and_are_reported():
+    g = build_graph(Unsupported().eval(), torch.randn(1, 3, 4, 4))
+    assert g.prunable_groups() == [] and "fft_fft2" in g.unsupported
+    assert list(g.unsupported.values()) == ["<top>"]
+    g = build_graph(Reflect().eval(), torch.randn(1, 3, 4, 4))
+    assert g.prunable_groups() == [] and any("reflect" in k for k in g.unsupported)
 
 
 class Slicing(nn.Module):
@@ -58,23 +107,42 @@ class Slicing(nn.Module):
         return self.fc(self.b(x).view(-1, 24)), y
 
 
-def test_unsupported_op_and_bad_pad_raise_naming_op():
-    with pytest.raises(GraphError, match="fft2"):
-        build_graph(Unsupported(), torch.randn(1, 3, 4, 4))
-    with pytest.raises(GraphError, match="pad.*reflect"):
-        build_graph(Reflect(), torch.randn(1, 3, 4, 4))
+def test_channel_slicing_is_fixed_and_flatten_ties_features():
+    g = build_graph(Slicing().eval(), torch.randn(1, 3, 2, 2))
+    # a's channels are sliced by a constant index; b's reach fc through a flatten (4 features each)
+    prunable = {_members(g)[grp.id][0][0] for grp in g.prunable_groups()}
+    assert prunable == {"b.weight"} and len(g.prunable_groups()) == 6
+    fc_in = g.group_ids(g.param_elems["fc.weight"][1])
+    assert fc_in.tolist() == [gid for gid in g.group_ids(g.param_elems["b.weight"][0]).tolist() for _ in range(4)]
 
 
-def test_channel_slicing_and_constant_reshape_are_fixed():
-    g = build_graph(Slicing(), torch.randn(1, 3, 2, 2))
-    assert g.prunable_groups() == []
-    assert len(g.groups) == 4 + 6 + 2
+class Heads(nn.Module):
+    """Multi-head self-attention written out: q/k/v projections, a head split, SDPA, merge, output."""
+
+    def __init__(self, dim=8, heads=2):
+        super().__init__()
+        self.num_heads, self.head_dim = heads, dim // heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = (p(x).view(b, t, -1, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.o(y.transpose(1, 2).reshape(b, t, -1))
 
 
-def test_untraceable_model_raises_with_name():
+def test_attention_heads_are_units():
+    g = build_graph(Heads().eval(), torch.randn(2, 5, 8))
+    heads = [grp for grp in g.groups if {g.producers[pi].param for pi, _ in grp.members} == {"q.weight", "k.weight",
+                                                                                             "v.weight"}]
+    assert len(heads) == 2 and all(len(h.members) == 3 * 4 and h.prunable for h in heads)
+    assert [s.unit for s in g.splits] == [4, 4, 4] and {s.module for s in g.splits} == {""}
+
+
+def test_data_dependent_branch_raises_with_name():
     class Branchy(nn.Module):
         def forward(self, x):
             return x if x.sum() > 0 else -x
 
-    with pytest.raises(GraphError, match="Branchy"):
+    with pytest.raises(GraphError, match="Branchy.*data-dependent"):
         build_graph(Branchy(), torch.randn(1, 3))

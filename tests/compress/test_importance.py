@@ -6,6 +6,7 @@ from _toys_a import toy_net, one_thread  # noqa: F401 (autouse fixture)
 from slimkit.compress.graph import build_graph
 from slimkit.compress.importance import (get_importance, group_scores, list_importances, record,
                                          redundancy_residuals, gram)
+from slimkit.model_io import Example
 
 
 class Two(nn.Module):
@@ -15,6 +16,9 @@ class Two(nn.Module):
 
     def forward(self, x):
         return self.b(torch.relu(self.bn(self.a(x))))
+
+
+A, B = ("a.weight", 0), ("b.weight", 0)  # producer keys: (weight, output dim)
 
 
 def _graph():
@@ -28,10 +32,10 @@ def _graph():
 def test_magnitude_and_bn_scores_exact():
     g = _graph()
     assert list_importances() == ["bn_scale", "l1", "l2", "redundancy", "vote"]
-    l1 = get_importance("l1")(g)["a"]
+    l1 = get_importance("l1")(g)[A]
     torch.testing.assert_close(l1, torch.tensor([1.0, 2 / 3, 0.1, 3.0]))
-    torch.testing.assert_close(get_importance("bn_scale")(g)["a"], torch.tensor([0.1, 2.0, 1.0, 0.5]))
-    scores = group_scores(g, {"a": torch.tensor([1.0, 2.0, 3.0, 2.0])})
+    torch.testing.assert_close(get_importance("bn_scale")(g)[A], torch.tensor([0.1, 2.0, 1.0, 0.5]))
+    scores = group_scores(g, {A: torch.tensor([1.0, 2.0, 3.0, 2.0]), B: torch.ones(2)})
     assert sorted(scores.values()) == pytest.approx([0.5, 1.0, 1.0, 1.5])  # divided by the layer mean
     with pytest.raises(ValueError, match="expected one of"):
         get_importance("nope")
@@ -40,7 +44,7 @@ def test_magnitude_and_bn_scores_exact():
 def test_vote_counts_top_units_per_sample():
     g = _graph()
     acts = torch.tensor([[5., 4, 0, 1], [3, 9, 1, 0], [2, 8, 7, 0]])
-    votes = get_importance("vote")(g, lambda wanted: {s: acts for s in wanted}, q=0.5)["a"]
+    votes = get_importance("vote")(g, lambda wanted: {s: acts for s in wanted}, q=0.5)[A]
     torch.testing.assert_close(votes, torch.tensor([2 / 3, 1.0, 1 / 3, 0.0]) + 1e-6)
 
 
@@ -52,8 +56,10 @@ def test_redundancy_residual_zero_for_dependent_unit():
     assert float(res[3]) < 1e-4 and float(res[2]) > 0.5
     model, x = toy_net(), torch.randn(2, 3, 8, 8)
     g = build_graph(model, x)
-    rec = record(g.gm, [(x,)], ["relu"])
-    assert rec["relu"].shape == (2, 4, 8, 8)
+    relu = next(n.name for n in g.cap.graph.nodes if n.op == "call_function" and "relu" in str(n.target))
+    rec = record(g, [Example.of(x), Example.of(x[:1])], [relu])
+    assert rec[relu].shape == (3, 4, 8, 8)
+    torch.testing.assert_close(rec[relu][:2], torch.relu(model.bn(model.stem(x))))
 
 
 def test_gram_solve_survives_dead_units():
