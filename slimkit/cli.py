@@ -14,6 +14,7 @@ COMMANDS = {
     "profile": "slimkit.profile._cli",
     "train": "slimkit.train._cli",
     "compress": "slimkit.compress._cli",
+    "search": "slimkit.nas._cli",
 }
 
 

@@ -301,6 +301,24 @@ def _mobile_blocks(space, arch):
     return out
 
 
+def _covering(space):
+    """Archs that together hold every block of the space: per width and (expand, kernel, pattern),
+    every stage at its largest depth with that choice where the stage offers it."""
+    stages = space.options["stages"]
+    opts = lambda attr: sorted({v for st in stages for v in getattr(st, attr)}, key=str)  # noqa: E731
+    out = []
+    for w in space.choices[0].options:
+        for t in opts("expands"):
+            for k in opts("kernels"):
+                for p in opts("patterns"):
+                    values = [w]
+                    for st in stages:
+                        values += [max(st.depths), t if t in st.expands else st.expands[0],
+                                   k if k in st.kernels else st.kernels[0], p if p in st.patterns else st.patterns[0]]
+                    out.append(space.arch(values))
+    return out
+
+
 def mobile_space(name, stages=MOBILE_STAGES, widths=(0.5, 0.75, 1.0)):
     stages = tuple(stages)
     choices = [Choice("width", tuple(float(w) for w in widths))]
@@ -315,7 +333,8 @@ def mobile_space(name, stages=MOBILE_STAGES, widths=(0.5, 0.75, 1.0)):
                        decode_body=lambda b: _decode_body(b, n), builder=lambda sp, a, k: MobileNet(sp, a, k),
                        supernet_builder=lambda sp, k: MobileSupernet(sp, k),
                        options={"stages": stages, "widths": tuple(widths)},
-                       defaults={"stages": stages, "widths": tuple(widths)}, blocks=_mobile_blocks)
+                       defaults={"stages": stages, "widths": tuple(widths)}, blocks=_mobile_blocks,
+                       covering=_covering)
 
 
 @register_space("seesaw")

@@ -55,7 +55,8 @@ class SearchSpace:
     supernet_builder: Callable
     options: dict = field(default_factory=dict)
     defaults: dict = field(default_factory=dict)
-    blocks: Callable = None  # arch -> [(lut key, module, input shape)] for the latency look-up table
+    blocks: Callable = None  # (space, arch) -> [(lut key, module, input shape)] for the latency look-up table
+    covering: Callable = None  # space -> archs whose blocks cover every block of the space (None: too many)
     input_size: tuple = (3, 32, 32)
 
     def _option_pairs(self):

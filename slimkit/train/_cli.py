@@ -13,6 +13,8 @@ import sys
 # (flag, dest, type, help); every default is SUPPRESS so only flags actually given override the YAML.
 _OPTIONS = [
     ("--model", "model", str, "zoo model name (slimkit.models.list_models())"),
+    ("--model-opts", "model_options", str, "model builder options k=v,k=v, e.g. spec=OUT/best_spec.json for "
+                                          "--model nas (slimkit search)"),
     ("--data", "data", str, "data set spec for slimkit.data.load_dataset, e.g. digits or cifar10:PATH"),
     ("--epochs", "epochs", int, "number of epochs"),
     ("--batch-size", "batch_size", int, "mini-batch size per process"),
@@ -38,7 +40,7 @@ _OPTIONS = [
 ]
 _FLAGS = [("--resume", "resume", "continue from OUT/checkpoint.pt (the last complete epoch)"),
           ("--no-progress", "no_progress", "no progress bars")]
-_RUN_KEYS = ("model", "data", "checkpoint", "nproc")  # settings of the command, not of TrainConfig
+_RUN_KEYS = ("model", "data", "checkpoint", "nproc", "model_options")  # settings of the command, not of TrainConfig
 
 
 def add_arguments(parser):
@@ -106,8 +108,9 @@ def _relaunch(args, nproc) -> int:
     return subprocess.call(cmd)
 
 
-def build_model(name, splits, checkpoint=None):
-    """Zoo model for ``splits``; ``num_classes`` is passed when the builder takes it."""
+def build_model(name, splits, checkpoint=None, options=None):
+    """Zoo model for ``splits``; ``num_classes`` is passed when the builder takes it; ``options``
+    (``--model-opts``) go to the builder."""
     import inspect
 
     from slimkit.models import create_model, get_model_info
@@ -120,6 +123,7 @@ def build_model(name, splits, checkpoint=None):
     if data_size and tuple(info.input_size) != data_size:
         raise ValueError(f"model {name!r} expects inputs of shape {tuple(info.input_size)} but the data set gives "
                          f"{data_size}; pick a model made for this data (or resize the data in its spec)")
+    kwargs.update(options or {})
     return create_model(name, checkpoint=checkpoint, **kwargs)
 
 
@@ -138,7 +142,7 @@ def run(args) -> int:
         return _relaunch(args, nproc)
     settings.setdefault("out_dir", os.path.join("runs", "train", model_name))
     settings["meta"] = {**settings.get("meta", {}), "model": model_name, "data": data_spec,
-                        "checkpoint": run_opts.get("checkpoint")}
+                        "checkpoint": run_opts.get("checkpoint"), "model_options": run_opts.get("model_options")}
     config = config_from_dict(settings)  # validates names and values before any data is loaded
     _check_optimizer(config.optimizer)
     from slimkit.models import get_model_info
@@ -150,7 +154,8 @@ def run(args) -> int:
     import torch
 
     torch.manual_seed(config.seed)  # the model's initial weights depend on the seed too
-    model = build_model(model_name, splits, run_opts.get("checkpoint"))
+    model = build_model(model_name, splits, run_opts.get("checkpoint"),
+                        parse_options(run_opts.get("model_options") or "", "--model-opts"))
     result = fit(model, splits.train, splits.test, config)
     if int(os.environ.get("RANK", "0")) == 0:
         last = result.final

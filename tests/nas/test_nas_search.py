@@ -1,0 +1,121 @@
+"""Search strategies: every evaluated (and so every returned) candidate is within the budget, by the
+profiler's MAC count or the latency table's estimate; an interrupted or extended search resumes on the
+same trajectory; the CLI writes its results and resumes."""
+import json
+import random
+import statistics
+import zlib
+
+import numpy as np
+import pytest
+
+from slimkit.cli import main
+from slimkit.models import create_model
+from slimkit.nas import get_space
+from slimkit.nas.cost import CostModel, LatencyLUT, parse_budget
+from slimkit.nas.search import Search, SearchConfig
+
+
+def fake_accuracy(arch):
+    return zlib.crc32(arch.encode().encode()) % 1000 / 10.0  # deterministic, unrelated to cost
+
+
+def _median_cost(space, cost, key, n=12):
+    rng = random.Random(5)
+    return statistics.median(cost(space.sample(rng))[key] for _ in range(n))
+
+
+CFG = dict(population=6, generations=3, parents=3, mutations=4, crossovers=3, seed=1)
+
+
+@pytest.mark.parametrize("strategy", ["evolution", "random"])
+def test_search_respects_a_mac_budget(strategy):
+    space = get_space("seesaw_tiny")
+    cost = CostModel(space)
+    budget = {"macs": _median_cost(space, cost, "macs")}
+    result = Search(space, fake_accuracy, cost, budget, SearchConfig(strategy, **CFG)).run(progress=False)
+    assert len(result.history) == SearchConfig(**CFG).evaluations == 6 + 2 * 7
+    assert len({r["spec"] for r in result.history}) == len(result.history)
+    assert result.rejected > 0  # the budget did bind
+    for row in result.history:
+        assert row["macs"] <= budget["macs"]
+    for row in result.history[::5]:
+        assert row["macs"] == CostModel(space)(row["spec"])["macs"]  # recounted from scratch
+    assert result.best["macs"] <= budget["macs"]
+
+
+def test_evolution_respects_a_latency_budget_from_the_lut():
+    space = get_space("seesaw_tiny")
+    lut = LatencyLUT(space, warmup=0, repeats=1)  # values are irrelevant here, only that the search obeys them
+    lut.measure(space.covering(space))
+    n_entries = len(lut.entries)
+    cost = CostModel(space, lut)
+    budget = parse_budget(f"latency_ms={_median_cost(space, cost, 'latency_ms'):.6f}")
+    result = Search(space, fake_accuracy, cost, budget, SearchConfig(**CFG)).run(progress=False)
+    assert result.rejected > 0 and len(result.history) > 6
+    for row in result.history:
+        assert row["latency_ms"] <= budget["latency_ms"]
+        assert row["latency_ms"] == pytest.approx(lut.estimate(row["spec"]), rel=1e-12)
+    assert len(lut.entries) == n_entries  # the covering set held every block the search met
+
+
+def test_interrupted_or_extended_search_follows_the_same_trajectory(tmp_path):
+    space = get_space("cell")
+    cost = CostModel(space)
+    budget = {"params": _median_cost(space, cost, "params")}
+    full = Search(space, fake_accuracy, cost, budget, SearchConfig(**{**CFG, "generations": 4})).run(progress=False)
+    # interrupted after one generation, then resumed by a fresh object
+    path = str(tmp_path / "state.json")
+    Search(space, fake_accuracy, cost, budget, SearchConfig(**{**CFG, "generations": 4}), path).run(
+        progress=False, stop_after=1)
+    resumed = Search(space, fake_accuracy, CostModel(space), budget, SearchConfig(**{**CFG, "generations": 4}),
+                     path).run(progress=False)
+    assert resumed.history == full.history and resumed.rejected == full.rejected
+    # a finished 2-generation search extended to 4
+    path2 = str(tmp_path / "state2.json")
+    Search(space, fake_accuracy, cost, budget, SearchConfig(**{**CFG, "generations": 2}), path2).run(progress=False)
+    extended = Search(space, fake_accuracy, cost, budget, SearchConfig(**{**CFG, "generations": 4}), path2).run(
+        progress=False)
+    assert extended.history == full.history
+    with pytest.raises(ValueError, match="other settings"):
+        Search(space, fake_accuracy, cost, budget, SearchConfig(**{**CFG, "seed": 9}), path2).run(progress=False)
+
+
+def test_budget_parsing():
+    assert parse_budget("latency_ms=5, macs=50M,params=1.5k") == {"latency_ms": 5.0, "macs": 5e7, "params": 1500.0}
+    with pytest.raises(ValueError, match="latency_ms, macs, params"):
+        parse_budget("flops=3")
+    with pytest.raises(ValueError, match="positive number"):
+        parse_budget("macs=-1")
+
+
+@pytest.fixture
+def tiny_cifar(tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(10), 12).astype(np.uint8)
+    x = (rng.integers(0, 60, (120, 32, 32, 3)) + (y[:, None, None, None] * np.array([20, 7, 13])) % 200)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, x=x.astype(np.uint8), y=y)
+    return f"cifar10:{path}"
+
+
+def _search(out, data, gens, *extra):
+    return main(["search", "--space", "cell", "--space-opts", "C=4", "--data", data, "--budget", "params=20k",
+                 "--out", str(out), "--supernet-steps", "4", "--batch-size", "8", "--population", "3",
+                 "--generations", str(gens), "--parents", "2", "--mutations", "2", "--crossovers", "1",
+                 "--eval-images", "20", "--calib-images", "16", "--di", "--no-progress", *extra])
+
+
+def test_cli_search_writes_results_and_resumes(tiny_cifar, tmp_path, capsys):
+    assert _search(tmp_path / "a", tiny_cifar, 2) == 0
+    for name in ("results.md", "results.json", "pareto.png", "best_spec.json", "best_model.py", "supernet.pt"):
+        assert (tmp_path / "a" / name).exists()
+    best = json.loads((tmp_path / "a" / "best_spec.json").read_text())
+    assert best["params"] <= 20_000
+    assert create_model("nas", spec=str(tmp_path / "a" / "best_spec.json")) is not None
+    assert _search(tmp_path / "a", tiny_cifar, 2) == 2  # refuses to overwrite without --resume
+    assert "--resume" in capsys.readouterr().err
+    assert _search(tmp_path / "b", tiny_cifar, 1) == 0
+    assert _search(tmp_path / "b", tiny_cifar, 2, "--resume") == 0
+    hist = [json.loads((tmp_path / d / "search_state.json").read_text())["history"] for d in ("a", "b")]
+    assert hist[0] == hist[1] and len(hist[0]) == 3 + 3
