@@ -1,4 +1,4 @@
-"""Synthetic long-range sequence tasks: adding problem, copying memory, pixel-by-pixel (permuted) MNIST.
+"""Long-range sequence tasks: adding problem, copying memory, pixel-by-pixel (permuted) MNIST, noise-padded MNIST.
 
 All are batch-first: one sample's input is [T, features]. Each data set is generated once, at
 construction, from its own ``torch.Generator`` seeded with ``seed``, so equal seeds give equal data.
@@ -85,8 +85,11 @@ class CopyingMemory(Dataset):
         return x, self.y[i]
 
 
-def pixel_sequences(images, labels, permute: bool = False, seed: int = 0, normalization=None) -> ArrayDataset:
-    """Pixel-by-pixel MNIST: uint8 images [N, H, W] -> samples [H*W, 1] in raster order (Le et al. 2015).
+def pixel_sequences(images, labels, permute: bool = False, seed: int = 0, normalization=None,
+                    pixels_per_step: int = 1) -> ArrayDataset:
+    """Pixel-by-pixel MNIST: uint8 images [N, H, W] -> samples [H*W / k, k] in raster order (Le et al. 2015),
+    ``k = pixels_per_step`` consecutive raster pixels per step (k = 1: the 784-step task; k = 4: 196 steps that
+    still see every pixel).
 
     ``permute=True`` applies one fixed pixel permutation drawn from ``torch.Generator().manual_seed(seed)``
     (permuted MNIST); use the same seed for train and test. ``normalization`` defaults to scale 1/255.
@@ -95,8 +98,46 @@ def pixel_sequences(images, labels, permute: bool = False, seed: int = 0, normal
     if images.dim() != 3:
         raise ValueError(f"pixel sequences need images [N, H, W], got shape {tuple(images.shape)}")
     seq = images.reshape(len(images), -1)
+    k = int(pixels_per_step)
+    if k < 1 or seq.shape[1] % k:
+        raise ValueError(f"pixels_per_step must divide the {seq.shape[1]} pixels, got {pixels_per_step}")
     if permute:
         perm = torch.randperm(seq.shape[1], generator=torch.Generator().manual_seed(int(seed)))
         seq = seq[:, perm]
     norm = normalization or Normalization((0.0,), (1.0,), 1.0 / 255)
-    return ArrayDataset(seq.unsqueeze(2).contiguous(), torch.as_tensor(labels).long(), norm, channel_dim=-1)
+    return ArrayDataset(seq.reshape(len(seq), -1, k).contiguous(), torch.as_tensor(labels).long(), norm,
+                        channel_dim=-1)
+
+
+class NoisePaddedRows(Dataset):
+    """Noise-padded MNIST (the authors' "noisy MNIST", after AntisymmetricRNN): an image is read row by row
+    (H steps of W pixels, standardised to zero mean and unit variance over the set), then the sequence is padded
+    to ``length`` steps with N(0, 1) noise; the label must be remembered through ``length - H`` noise steps.
+    The noise of sample i is fixed (drawn from a generator seeded with ``seed`` and i), so equal seeds give
+    equal data; it is drawn when a sample is read, so the padded set never sits in memory.
+    """
+
+    def __init__(self, images, labels, length: int, seed: int = 0, mean: float = None, std: float = None):
+        images = torch.as_tensor(images)
+        if images.dim() != 3 or int(length) < images.shape[1]:
+            raise ValueError(f"noise padding needs images [N, H, W] and length >= H, got {tuple(images.shape)}, "
+                             f"{length}")
+        x = images.to(torch.float32) / 255
+        self.mean = float(x.mean()) if mean is None else float(mean)  # pass the training set's for a test set
+        self.std = float(x.std()) if std is None else float(std)
+        self.x, self.y = (x - self.mean) / self.std, torch.as_tensor(labels).long()
+        self.length, self.seed = int(length), int(seed)
+
+    @property
+    def seq_len(self):
+        return self.length
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        i = int(i)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        rows = self.x[i]
+        noise = torch.randn(self.length - rows.shape[0], rows.shape[1], generator=g)
+        return torch.cat([rows, noise]), self.y[i]

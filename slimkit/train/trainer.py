@@ -47,6 +47,7 @@ class TrainConfig:
     lr_step_size: int = 30
     lr_gamma: float = 0.1
     grad_clip: Optional[float] = None  # max global L2 norm of the gradients
+    tbptt: Optional[int] = None  # truncated BPTT: chunk length in time steps (dim 1); needs model.forward_chunk
     seed: int = 0
     device: str = "auto"  # "auto" = CUDA when available, else CPU
     out_dir: Optional[str] = None  # None: no files, no checkpoints
@@ -73,6 +74,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.tbptt is not None and int(self.tbptt) < 1:
+            raise ValueError(f"tbptt (chunk length in time steps) must be a positive integer or None, got {self.tbptt!r}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
         if self.memory_budget is not None:
@@ -165,6 +168,8 @@ def evaluate(model, data, *, loss="ce", batch_size=256, device="cpu", huber_delt
 def per_sample_loss(kind, logits, targets, huber_delta=1.0):
     """Loss per sample (reduction='none', then mean over non-batch dims)."""
     if kind == "ce":
+        if logits.dim() == 3 and targets.dim() == 2:  # per-step outputs [N, T, C], targets [N, T]
+            return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").mean(1)
         return F.cross_entropy(logits, targets, reduction="none")
     if not torch.is_floating_point(targets) and logits.dim() == 2:
         targets = F.one_hot(targets.long(), logits.shape[1]).to(logits.dtype)  # class ids -> regression target
@@ -381,8 +386,9 @@ class Trainer:
                 self.epoch += 1
                 last = self.epoch == cfg.epochs
                 if self.eval_data is not None and (last or self.epoch % cfg.eval_every == 0) and self.is_main:
-                    ev = evaluate(self.core, self.eval_data, loss=cfg.loss, batch_size=max(cfg.batch_size, 256),
-                                  device=self.device, huber_delta=cfg.huber_delta)
+                    with _anchored(self.optimizer):  # FW mid inner loop: evaluate w_k, not the probe point
+                        ev = evaluate(self.core, self.eval_data, loss=cfg.loss, batch_size=max(cfg.batch_size, 256),
+                                      device=self.device, huber_delta=cfg.huber_delta)
                     row.update(eval_loss=ev["loss"], eval_accuracy=ev["accuracy"])
                 self.history.append(row)
                 if log:
@@ -393,7 +399,8 @@ class Trainer:
                     tqdm.write(_summary(row))
                 self._barrier()
             if cfg.out_dir and self.is_main:
-                _save_weights(self.core, os.path.join(cfg.out_dir, "model.pt"))
+                with _anchored(self.optimizer):
+                    _save_weights(self.core, os.path.join(cfg.out_dir, "model.pt"))
             return TrainResult(self.core, self.history, cfg, cfg.out_dir, self.checkpoint_path)
         finally:
             if self._owns_group:
@@ -450,6 +457,8 @@ class Trainer:
         return row
 
     def _train_step(self, batch):
+        if self.config.tbptt:
+            return self._train_step_tbptt(batch)
         cfg, opt = self.config, self.optimizer
         x, y = batch[0].to(self.device, non_blocking=True), batch[1].to(self.device, non_blocking=True)
         idx = batch[2] if self.reweights else None
@@ -460,14 +469,7 @@ class Trainer:
         def forward_backward():
             opt.zero_grad(set_to_none=True)
             out = self.net(x)
-            if self.reweights:
-                out.retain_grad()
-            per = per_sample_loss(cfg.loss, out, y, cfg.huber_delta)
-            loss = (per * weights).mean() if weights is not None else per.mean()
-            loss.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
-            return loss, out
+            return self._loss_backward(out, y, weights), out
 
         loss, out = forward_backward()
         if self.reweights:
@@ -482,6 +484,75 @@ class Trainer:
             opt.step()
         self.step += 1
         return loss.detach(), out.detach(), y
+
+
+    def _loss_backward(self, out, y, weights):
+        """(Re-weighted) mean loss of ``out``; backward, then the configured gradient clipping."""
+        cfg = self.config
+        if self.reweights:
+            out.retain_grad()
+        per = per_sample_loss(cfg.loss, out, y, cfg.huber_delta)
+        loss = (per * weights).mean() if weights is not None else per.mean()
+        loss.backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+        return loss
+
+    def _train_step_tbptt(self, batch):
+        """Truncated BPTT: the sequence [N, T, ...] runs in chunks of ``tbptt`` steps from the carried (detached)
+        hidden state, with one backward and one optimizer step per chunk. Per-step targets [N, T] are cut with the
+        input; a per-sequence target is the loss target at every chunk end (as in the Frank-Wolfe authors' code)."""
+        cfg, opt = self.config, self.optimizer
+        if self.world > 1:
+            raise ValueError("tbptt is not supported in distributed runs yet; drop tbptt or --nproc")
+        if not hasattr(self.core, "forward_chunk"):
+            raise ValueError(f"tbptt needs a model with forward_chunk(x, state) (e.g. rnn_classifier); "
+                             f"{type(self.core).__name__} has none")
+        x, y = batch[0].to(self.device), batch[1].to(self.device)
+        idx = batch[2] if self.reweights else None
+        weights = None
+        if self.reweights:
+            weights = torch.as_tensor(self.sampler.loss_weights(idx), dtype=torch.float32, device=self.device)
+        steps = x.shape[1]
+        per_step = y.dim() >= 2 and y.shape[1] == steps
+        state = None
+        for start in range(0, steps, int(cfg.tbptt)):
+            xc = x[:, start:start + int(cfg.tbptt)]
+            yc = y[:, start:start + int(cfg.tbptt)] if per_step else y
+            state = _detach_state(state)
+
+            def forward_backward(xc=xc, yc=yc, state=state):
+                opt.zero_grad(set_to_none=True)
+                out, new_state = self.core.forward_chunk(xc, state)
+                return self._loss_backward(out, yc, weights), out, new_state
+
+            loss, out, new_state = forward_backward()
+            if self.needs_closure:
+                opt.step(lambda: forward_backward()[0])
+            else:
+                opt.step()
+            state = new_state
+            self.step += 1
+        if self.reweights:  # the last chunk's ||dl_i/d(logits_i)||, as in the untruncated step
+            g = out.grad.detach().flatten(1).norm(dim=1) * len(y) / weights.clamp_min(1e-12)
+            self.sampler.update(idx, g.cpu())
+        return loss.detach(), out.detach(), yc
+
+
+def _detach_state(state):
+    """A recurrent state (tensor, tuple of tensors such as LSTM's (h, c), or None) cut from the graph."""
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return state.detach()
+    return type(state)(_detach_state(s) for s in state)
+
+
+def _anchored(optimizer):
+    """``optimizer.anchor_weights()`` where it has one (Frank-Wolfe), else a no-op context."""
+    import contextlib
+
+    return optimizer.anchor_weights() if hasattr(optimizer, "anchor_weights") else contextlib.nullcontext()
 
 
 def _lazy(module, attr, what):

@@ -8,7 +8,7 @@ from slimkit.models.seesaw import SeesawBlock, UnevenGroupConv1x1
 from slimkit.profile.counting import count_macs
 
 # Small inputs and widths keep the whole-registry test fast; the big EfficientNets are covered by counts below.
-FAST_KWARGS = {"rnn_classifier": {"hidden_size": 16}}
+FAST_KWARGS = {"rnn_classifier": {"hidden_size": 16}, "rnn_regressor": {"hidden_size": 16}}
 SMALL_RES = {"efficientnet": 64, "mobilenet_v2_imagenet": 64, "seesaw_net_imagenet": 64}
 HEAVY = {"efficientnet_b2", "efficientnet_b3", "efficientnet_b4", "efficientnet_b5", "efficientnet_b6",
          "efficientnet_b7"}
@@ -20,8 +20,8 @@ def _example(name, batch=2):
     for prefix, res in SMALL_RES.items():
         if name.startswith(prefix):
             size[-2:] = [res, res]
-    if name == "rnn_classifier":
-        size[0] = 20  # 20 steps instead of 784
+    if name.startswith("rnn_"):
+        size[0] = 20  # 20 steps instead of 784 (100)
     return torch.randn(batch, *size)
 
 

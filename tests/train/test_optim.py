@@ -103,6 +103,65 @@ def test_fw_inner_iterates_stay_in_the_ball_and_restore():
     torch.testing.assert_close(p.detach(), delta / 0.5)
 
 
+def _authors_fw_rule(grad_fn, w0, r, K):
+    """The update rule of the authors' public fgsm.py (FGSM class, mergeadam), re-stated: per inner step t,
+    d = g/||g||, buf = (1 - 1/t) buf - (r/t) d, w <- w + buf; at t = K restore w0 and hand -buf/r to the base
+    optimizer (here plain SGD with lr 1). Returns the probe points and the weights after the outer step."""
+    w, buf, probes = w0.clone(), torch.zeros_like(w0), []
+    for t in range(1, K + 1):
+        g = grad_fn(t, w)
+        buf = (1 - 1 / t) * buf - (r / t) * g / g.norm()
+        w = w + buf
+        probes.append(w.clone())
+    return probes, w0 - (-buf / r)
+
+
+def test_fw_cumulative_iterate_equals_the_authors_rule_on_a_3_step_example():
+    # f_t(w) = 0.5 ||w - c_t||^2 with c = (1,0), (0,1), (0,0): the third gradient depends on where step 2 left w.
+    centers = [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), torch.tensor([0.0, 0.0])]
+    r = 0.5
+
+    def grad(t, w):
+        return w - centers[t - 1]
+
+    results = {}
+    for iterate in ("cumulative", "textbook"):
+        p = torch.nn.Parameter(torch.zeros(2))
+        fw = FrankWolfe([p], lr=1.0, radius=r, inner_steps=3, base="sgd", momentum=0.0, iterate=iterate)
+        probes = []
+        for t in range(1, 4):
+            p.grad = grad(t, p.detach().clone())
+            fw.step()
+            probes.append(p.detach().clone())
+        results[iterate] = probes
+    ref_probes, ref_final = _authors_fw_rule(grad, torch.zeros(2), r, 3)
+    for got, want in zip(results["cumulative"][:2], ref_probes[:2]):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-7)
+    torch.testing.assert_close(results["cumulative"][2], ref_final, rtol=0, atol=1e-7)
+    # Hand values: w1 = (0.5, 0); w2 = w1 + D2 = (0.5 + 0.25 - 0.25/sqrt(1.25), 0.5/sqrt(1.25));
+    # D3 = (2/3) D2 - (1/6) w2/||w2||; final w = -D3 / r = -2 D3 (SGD, lr 1, from w0 = 0).
+    torch.testing.assert_close(results["cumulative"][1], torch.tensor([0.6381966, 0.2236068]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(results["cumulative"][2], torch.tensor([-0.1303207, 0.1879211]), rtol=0, atol=1e-6)
+    # The textbook iterate probes w0 + D2 instead: same first two probes' directions, a different outer step.
+    torch.testing.assert_close(results["textbook"][1], torch.tensor([0.1381966, 0.2236068]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(results["textbook"][2], torch.tensor([0.0090184, 0.0145921]), rtol=0, atol=1e-6)
+
+
+def test_fw_radius_defaults_to_lr_and_anchor_weights_swap_back():
+    p = torch.nn.Parameter(torch.zeros(3))
+    fw = create_optimizer("fw-adam", [p], lr=0.02, inner_steps=3)
+    assert fw.param_groups[0]["radius"] == 0.02
+    p.grad = torch.tensor([1.0, 2.0, 2.0])
+    fw.step()  # probe point w_k + D_1 = -0.02 g/||g||
+    probe = p.detach().clone()
+    torch.testing.assert_close(probe, torch.tensor([-1.0, -2.0, -2.0]) * 0.02 / 3)
+    with fw.anchor_weights():
+        torch.testing.assert_close(p.detach(), torch.zeros(3), rtol=0, atol=0)
+    torch.testing.assert_close(p.detach(), probe, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="iterate must be one of"):
+        FrankWolfe([p], iterate="sum")
+
+
 def test_sgd_g2_step_size_rule_on_a_quadratic():
     # f = a/2 ||theta||^2: g = a theta, g' = a (1 - h a) theta, so h_opt = 2/a exactly.
     a, h, beta = 4.0, 0.1, 0.9

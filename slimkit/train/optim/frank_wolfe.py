@@ -1,35 +1,44 @@
 """Frank-Wolfe RNN training (Yue et al., ICPR 2020; methods.md section 5).
 
-Each outer step runs ``inner_steps`` (T) Frank-Wolfe iterations inside an L2 ball of radius r around the current
+Each outer step runs ``inner_steps`` (K) Frank-Wolfe iterations inside an L2 ball of radius r around the current
 weights w_k, one mini-batch each:
 
     d_t = g_t / ||g_t||                        (per parameter tensor)
     D_t = (1 - 1/t) D_{t-1} - (r / t) d_t      (FW step 1/t towards the ball's vertex -r d_t; D_0 = 0)
-    w   = w_k + D_t                            (the textbook FW iterate; the authors' code adds D_t cumulatively)
+    iterate="textbook":   w_t = w_k + D_t      (the FW iterate; stays in the ball)
+    iterate="cumulative": w_t = w_{t-1} + D_t  (the authors' public fgsm.py: D_t is added to the current weights)
 
-At t = T the weights are restored to w_k and the averaged direction -D_T / r is applied as the gradient of a
-base optimizer (Adam by default), then D restarts. With T = 1 this is Adam on per-tensor normalised gradients.
-Truncated BPTT needs nothing special: call ``step()`` after each chunk's backward.
+The two iterates agree for K <= 2 (the weights after step K are never used for a gradient). At t = K the weights
+are restored to w_k and the averaged direction -D_K / r is applied as the gradient of a base optimizer (Adam by
+default), then D restarts. With K = 1 this is Adam on per-tensor normalised gradients. ``radius`` defaults to the
+learning rate, as in the authors' configs. Truncated BPTT: call ``step()`` after each chunk (one FW iteration).
+Evaluate mid-loop models inside ``with optimizer.anchor_weights():`` (w_k, not the probe point w_t).
 """
+import contextlib
 
 import torch
 
 from slimkit.train.optim import register_optimizer
 
+ITERATES = ("textbook", "cumulative")
+
 
 class FrankWolfe(torch.optim.Optimizer):
-    def __init__(self, params, radius=1e-3, inner_steps=1, base="adam", lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
-                 momentum=0.9, weight_decay=0.0):
+    def __init__(self, params, radius=None, inner_steps=1, base="adam", lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+                 momentum=0.9, weight_decay=0.0, iterate="textbook"):
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        radius = lr if radius is None else radius
         if radius <= 0:
             raise ValueError(f"radius must be > 0, got {radius}")
         if int(inner_steps) < 1:
             raise ValueError(f"inner_steps must be >= 1, got {inner_steps}")
         if base not in ("adam", "sgd"):
             raise ValueError(f"base must be 'adam' or 'sgd', got {base!r}")
-        if lr <= 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
+        if iterate not in ITERATES:
+            raise ValueError(f"iterate must be one of {ITERATES}, got {iterate!r}")
         defaults = dict(radius=radius, inner_steps=int(inner_steps), base=base, lr=lr, betas=tuple(betas), eps=eps,
-                        momentum=momentum, weight_decay=weight_decay)
+                        momentum=momentum, weight_decay=weight_decay, iterate=iterate)
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -39,7 +48,7 @@ class FrankWolfe(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            r, T = group["radius"], group["inner_steps"]
+            r, K = group["radius"], group["inner_steps"]
             for p in group["params"]:
                 if p.grad is None and not self.state[p]:
                     continue  # never had a gradient: leave it alone
@@ -54,8 +63,11 @@ class FrankWolfe(torch.optim.Optimizer):
                 else:
                     d = torch.zeros_like(p)
                 delta = state["delta"].mul_(1 - 1 / t).add_(d, alpha=-r / t)
-                if t < T:
-                    p.copy_(state["anchor"] + delta)
+                if t < K:
+                    if group["iterate"] == "cumulative":
+                        p.add_(delta)
+                    else:
+                        p.copy_(state["anchor"] + delta)
                     state["t"] = t
                     continue
                 p.copy_(state["anchor"])
@@ -63,6 +75,25 @@ class FrankWolfe(torch.optim.Optimizer):
                 state["t"] = 0
                 del state["anchor"], state["delta"]
         return loss
+
+    @contextlib.contextmanager
+    def anchor_weights(self):
+        """Temporarily put the anchor w_k back into parameters that are inside an inner loop (for evaluation)."""
+        swapped = []
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    anchor = self.state[p].get("anchor") if p in self.state else None
+                    if anchor is not None:
+                        probe = p.detach().clone()
+                        p.copy_(anchor)
+                        swapped.append((p, probe))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, probe in swapped:
+                    p.copy_(probe)
 
     @staticmethod
     def _base_update(p, grad, group, state):
@@ -85,14 +116,12 @@ class FrankWolfe(torch.optim.Optimizer):
 
 
 @register_optimizer("fw-adam")
-def fw_adam(params, lr=1e-3, radius=1e-3, inner_steps=1, **kwargs):
-    """Frank-Wolfe inner loop + Adam outer step."""
+def fw_adam(params, lr=1e-3, radius=None, inner_steps=1, **kwargs):
+    """Frank-Wolfe inner loop + Adam outer step (radius defaults to lr)."""
     return FrankWolfe(params, radius=radius, inner_steps=inner_steps, base="adam", lr=lr, **kwargs)
 
 
 @register_optimizer("fw-sgd")
-def fw_sgd(params, lr=0.1, radius=1e-3, inner_steps=1, **kwargs):
-    """Frank-Wolfe inner loop + momentum-SGD outer step."""
+def fw_sgd(params, lr=0.1, radius=None, inner_steps=1, **kwargs):
+    """Frank-Wolfe inner loop + momentum-SGD outer step (radius defaults to lr)."""
     return FrankWolfe(params, radius=radius, inner_steps=inner_steps, base="sgd", lr=lr, **kwargs)
-
-
