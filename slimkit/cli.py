@@ -2,9 +2,14 @@
 
 Each command module exposes ``add_arguments(parser)`` and ``run(args) -> int``; its docstring's
 first line is the help text. Heavy imports happen inside ``run``.
+
+Bad input, unreadable or unsafe files, unusable output paths and running out of memory end the
+command with one line on stderr and exit code 2 (130 after Ctrl-C); ``--debug`` (or SLIMKIT_DEBUG=1)
+shows the traceback instead.
 """
 import argparse
 import importlib
+import os
 import sys
 
 from slimkit.errors import SlimkitError
@@ -16,6 +21,7 @@ COMMANDS = {
     "compress": "slimkit.compress._cli",
     "search": "slimkit.nas._cli",
 }
+EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
 
 
 def build_parser():
@@ -23,6 +29,7 @@ def build_parser():
     from slimkit import __version__
 
     parser.add_argument("--version", action="version", version=f"slimkit {__version__}")
+    parser.add_argument("--debug", dest="_debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         try:
@@ -34,8 +41,31 @@ def build_parser():
         doc = (module.__doc__ or name).strip().splitlines()[0]
         p = sub.add_parser(name, help=doc, description=doc)
         module.add_arguments(p)
+        # Also accepted after the command; SUPPRESS keeps a top-level --debug from being reset.
+        p.add_argument("--debug", dest="_debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an error")
         p.set_defaults(_run=module.run)
     return parser
+
+
+def _out_of_memory(err):
+    # torch's CPU allocator raises RuntimeError, CUDA raises torch.OutOfMemoryError (a RuntimeError).
+    return isinstance(err, MemoryError) or (isinstance(err, RuntimeError) and (
+        "can't allocate memory" in str(err) or type(err).__name__ == "OutOfMemoryError"))
+
+
+def error_line(err) -> str:
+    """The one line the CLI prints for ``err`` (multi-line messages keep their help lines below it)."""
+    if _out_of_memory(err):
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return f"out of memory ({first}); use smaller inputs or batch sizes"
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.strerror}: {err.filename!r}" if err.filename else err.strerror
+    return str(err) or type(err).__name__
+
+
+def _handled(err):
+    return isinstance(err, (SlimkitError, ValueError, OSError)) or _out_of_memory(err)
 
 
 def main(argv=None):
@@ -43,13 +73,20 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
-        return 2
+        return EXIT_ERROR
+    debug = bool(getattr(args, "_debug", False)) or os.environ.get("SLIMKIT_DEBUG", "") not in ("", "0")
     try:
         return int(args._run(args) or 0)
-    except (SlimkitError, ValueError, FileNotFoundError) as err:
-        # Bad input is reported as one clear line, not a traceback.
-        print(f"slimkit {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"slimkit {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # noqa: BLE001 - only the kinds _handled accepts become one line
+        if debug or not _handled(err):
+            raise
+        print(f"slimkit {args.command}: error: {error_line(err)}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """The data set record every loader returns: :class:`DatasetSplits`, :class:`Normalization`, held-out splits."""
+import math
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
@@ -21,6 +22,9 @@ class Normalization:
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
         if len(self.mean) != len(self.std):
             raise ValueError(f"Normalization needs one mean per std, got {len(self.mean)} means, {len(self.std)} stds")
+        if not all(math.isfinite(v) for v in self.mean + self.std + (float(self.scale),)):
+            raise ValueError(f"Normalization needs finite mean/std/scale, got mean {self.mean}, std {self.std}, "
+                             f"scale {self.scale} (NaN/Inf in the data it was fitted on?)")
         if any(s <= 0 for s in self.std):
             raise ValueError(f"Normalization std must be > 0 per channel, got {self.std}")
 

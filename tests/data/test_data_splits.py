@@ -13,7 +13,7 @@ SCHEMES = ["adding", "cifar10", "copying", "digits", "folder", "mnist", "npz", "
 def test_registry_lists_every_scheme():
     assert list_datasets() == SCHEMES
     assert get_dataset_info("cifar10").form == "cifar10:PATH"
-    assert get_dataset_info("pixel-mnist").options == ("permute",)
+    assert get_dataset_info("pixel-mnist").options == ("permute", "drop_bad")
 
 
 def test_unknown_scheme_lists_valid_forms():
