@@ -7,7 +7,6 @@ hand: ``torchrun --nproc_per_node N -m slimkit.cli train ...``.
 """
 import argparse
 import os
-import subprocess
 import sys
 
 # (flag, dest, type, help); every default is SUPPRESS so only flags actually given override the YAML.
@@ -36,11 +35,14 @@ _OPTIONS = [
     ("--eval-every", "eval_every", int, "evaluate on the held-out split every N epochs"),
     ("--num-workers", "num_workers", int, "DataLoader worker processes"),
     ("--nproc", "nproc", int, "data-parallel processes on this host (re-launches under torchrun)"),
+    ("--timeout", "timeout", float, "seconds any collective may wait for a peer before the job stops (default 600)"),
+    ("--max-restarts", "max_restarts", int, "restart the workers up to K times after one fails, from the last "
+                                            "complete checkpoint (torchrun c10d rendezvous)"),
     ("--config", "config", str, "YAML file of settings (TrainConfig keys plus model, data, checkpoint)"),
 ]
 _FLAGS = [("--resume", "resume", "continue from OUT/checkpoint.pt (the last complete epoch)"),
           ("--no-progress", "no_progress", "no progress bars")]
-_RUN_KEYS = ("model", "data", "checkpoint", "nproc", "model_options")  # settings of the command, not of TrainConfig
+_RUN_KEYS = ("model", "data", "checkpoint", "nproc", "model_options", "timeout", "max_restarts")  # the command's, not TrainConfig's
 
 
 def add_arguments(parser):
@@ -95,17 +97,19 @@ def resolve_settings(args) -> dict:
     return settings
 
 
-def _relaunch(args, nproc) -> int:
+def _relaunch(args, nproc, max_restarts=0, timeout=None) -> int:
     """Run this very command again under torch.distributed.run with ``nproc`` processes."""
+    from slimkit.train import launch
+
     argv = []
     for flag, dest, _typ, _text in _OPTIONS:
-        if dest != "nproc" and dest in vars(args):
+        if dest not in ("nproc", "max_restarts") and dest in vars(args):
             argv += [flag, str(getattr(args, dest))]
     argv += [flag for flag, dest, _ in _FLAGS if getattr(args, dest, False)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "slimkit.cli", "train", *argv]
+    cmd = launch.torchrun_command(nproc, max_restarts, ["slimkit.cli", "train", *argv])
     print("launching:", " ".join(cmd), flush=True)
-    return subprocess.call(cmd)
+    env = {**os.environ, **({launch.TIMEOUT_ENV: str(timeout)} if timeout else {})}
+    return launch.run_forwarding(cmd, env)
 
 
 def build_model(name, splits, checkpoint=None, options=None):
@@ -138,9 +142,16 @@ def run(args) -> int:
     nproc = int(run_opts.get("nproc") or 1)
     if nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {nproc}")
+    from slimkit.train import launch
+
+    if run_opts.get("timeout") is not None:  # workers: bound every collective (read at init_process_group)
+        os.environ[launch.TIMEOUT_ENV] = str(launch.check_timeout(run_opts["timeout"]))
+    if int(run_opts.get("max_restarts") or 0) < 0:
+        raise ValueError(f"--max-restarts must be >= 0, got {run_opts['max_restarts']}")
     if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return _relaunch(args, nproc)
+        return _relaunch(args, nproc, int(run_opts.get("max_restarts") or 0), run_opts.get("timeout"))
     settings.setdefault("out_dir", os.path.join("runs", "train", model_name))
+    launch.restart_resume(settings, settings["out_dir"])  # restarted by torchrun: from the last checkpoint
     settings["meta"] = {**settings.get("meta", {}), "model": model_name, "data": data_spec,
                         "checkpoint": run_opts.get("checkpoint"), "model_options": run_opts.get("model_options")}
     config = config_from_dict(settings)  # validates names and values before any data is loaded
@@ -156,7 +167,16 @@ def run(args) -> int:
     torch.manual_seed(config.seed)  # the model's initial weights depend on the seed too
     model = build_model(model_name, splits, run_opts.get("checkpoint"),
                         parse_options(run_opts.get("model_options") or "", "--model-opts"))
-    result = fit(model, splits.train, splits.test, config)
+    try:
+        result = fit(model, splits.train, splits.test, config)
+    except RuntimeError as err:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and launch.is_peer_failure(err):
+            from slimkit.errors import SlimkitError
+
+            raise SlimkitError(f"distributed training stopped: a peer process froze or died (no answer within "
+                               f"--timeout {launch.collective_timeout().total_seconds():.0f} s): "
+                               f"{str(err).splitlines()[0][:200]}") from err
+        raise
     if int(os.environ.get("RANK", "0")) == 0:
         last = result.final
         acc = last.get("eval_accuracy")

@@ -229,7 +229,9 @@ class Trainer:
             import torch.distributed as dist
 
             if not dist.is_initialized():
-                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+                from slimkit.train.launch import init_process_group  # bounded by --timeout, re-forms on restart
+
+                init_process_group("nccl" if self.device.type == "cuda" else "gloo")
                 self._owns_group = True
         self.is_main = self.rank == 0
 

@@ -104,7 +104,7 @@ def test_resume_without_checkpoint_is_an_error(fake_zoo, tmp_path, capsys):
 
 def test_nproc_relaunches_under_torchrun(monkeypatch, tmp_path):
     calls = []
-    monkeypatch.setattr(_cli.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr("slimkit.train.launch.run_forwarding", lambda cmd, env=None: calls.append(cmd) or 0)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     rc = main(["train", "--model", "m", "--data", "toy", "--nproc", "2", "--epochs", "1", "--resume",
                "--compress", "ecq(bits=2)", "--out", str(tmp_path)])
