@@ -1,13 +1,20 @@
-"""Frank-Wolfe (fw-adam) vs Adam vs SGD on long-range sequence tasks: wall time to Adam's final loss.
+"""Frank-Wolfe (fw-adam) vs tuned Adam on a tanh RNN: mini-batches and time to fixed targets.
 
-    python benchmarks/train/bench_fw_rnn.py --mnist ../shared/data/mnist.npz --out benchmarks/results/train
+    # 1) count mini-batches to each target (resumable: one JSON per run in --runs; split by --tasks/--seeds)
+    python benchmarks/train/bench_fw_rnn.py count --tasks adding-100 --seeds 0,1,2 --mnist ../shared/data/mnist.npz
+    # 2) per-mini-batch wall cost of every optimizer, interleaved (run alone: cpujob exclusive)
+    python benchmarks/train/bench_fw_rnn.py time --mnist ../shared/data/mnist.npz
+    # 3) tables
+    python benchmarks/train/bench_fw_rnn.py report
 
-Same LSTM, data, batch, step budget and seeds for every optimizer; the optimizers of one seed run interleaved
-step by step so machine load hits them alike. Loss is evaluated on a fixed held-out batch every ``--eval-every``
-steps; "time to Adam's final" is the wall time (training only) at which an optimizer first reaches the final
-held-out loss of Adam for the same seed, divided by Adam's total training time.
+Every optimizer step consumes one fresh mini-batch, FW inner steps included, so "mini-batches" is the data
+and gradient cost. FW runs are evaluated at the anchor weights w_k (``anchor_weights()``). A run stops when it has
+reached its last target, diverges (non-finite loss), or hits ``--max-batches`` ("not reached"). Time to target is
+mini-batches x the measured per-mini-batch cost of that optimizer on that task (``time``), not the wall time of
+the counting runs, which share the CPU with other jobs.
 """
 import argparse
+import glob
 import json
 import os
 import statistics
@@ -17,128 +24,273 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from slimkit.data.sequences import AddingProblem, CopyingMemory, pixel_sequences
+from slimkit.data.sequences import AddingProblem, CopyingMemory, NoisePaddedRows, pixel_sequences
 from slimkit.models import create_model
 from slimkit.train.optim import create_optimizer
 
-OPTIMIZERS = {"adam": dict(lr=2e-3), "fw-adam": dict(lr=2e-3, radius=1e-3, inner_steps=1),
-              "sgd": dict(lr=0.5, momentum=0.9, weight_decay=0.0)}
+# Tuned baseline grid (issue 14): Adam at three learning rates, with and without clipping; FW-Adam with the
+# authors' cumulative iterate, radius = lr = 1e-3 (their adding/HAR setting), K in {1, 5, 10}.
+CONFIGS = {f"adam lr={lr:g}{' clip=1' if clip else ''}": dict(name="adam", opts=dict(lr=lr), clip=clip)
+           for lr in (2e-4, 1e-3, 2e-3) for clip in (None, 1.0)}
+CONFIGS.update({f"fw-adam K={k}": dict(name="fw-adam", opts=dict(lr=1e-3, inner_steps=k, iterate="cumulative"),
+                                       clip=None) for k in (1, 5, 10)})
+
+# name -> (targets, "loss" (lower is better) or "accuracy" (higher), mini-batch budget)
+# Budgets are what 2 shared CPU cores allowed (the papers train 10-100x longer).
+TASKS = {"adding-100": ((0.05, 0.01), "loss", 3000), "adding-200": ((0.05, 0.01), "loss", 1500),
+         "copying": ((0.28, 0.15), "loss", 1000), "pixel-mnist": ((0.8, 0.9), "accuracy", 1000),
+         "noisy-mnist": ((0.8, 0.9), "accuracy", 1000)}
+
+
+def _stack(ds, idx):
+    if isinstance(ds, AddingProblem):
+        return ds.x[idx], ds.y[idx]
+    if isinstance(ds, CopyingMemory):  # one vectorised one-hot instead of one per sample
+        return F.one_hot(ds.ids[idx], ds.vocab_size).to(torch.float32), ds.y[idx]
+    if hasattr(ds, "__getitems__"):
+        items = ds.__getitems__(idx.tolist())
+    else:
+        items = [ds[int(i)] for i in idx]
+    return torch.stack([b[0] for b in items]), torch.stack([torch.as_tensor(b[1]) for b in items])
 
 
 def make_task(name, args, seed):
+    """(train set, held-out (x, y), model kwargs, loss fn, accuracy fn or None)."""
     if name.startswith("adding"):
         t = int(name.split("-")[1])
-        train, test = AddingProblem(t, 20000, seed=2 * seed), AddingProblem(t, 512, seed=2 * seed + 1)
-        model = dict(input_size=2, num_classes=1)
+        train, test = AddingProblem(t, 50000, seed=2 * seed), AddingProblem(t, 1000, seed=2 * seed + 1)
+        return train, (test.x, test.y), dict(input_size=2, num_classes=1), F.mse_loss, None
+    if name == "copying":
+        train = CopyingMemory(args.delay, 50000, seed=2 * seed)
+        test = CopyingMemory(args.delay, 500, seed=2 * seed + 1)
+        held = _stack(test, torch.arange(len(test)))
 
-        def loss(out, y):
-            return F.mse_loss(out, y)
-    elif name == "copying":
-        train, test = CopyingMemory(args.delay, 20000, seed=2 * seed), CopyingMemory(args.delay, 512, seed=2 * seed + 1)
-        model = dict(input_size=train.vocab_size, num_classes=train.vocab_size, per_step=True)
-
-        def loss(out, y):
+        def ce(out, y):
             return F.cross_entropy(out.flatten(0, 1), y.flatten())
-    else:
-        d = np.load(args.mnist)
-        sub = args.mnist_subsample  # pixel stride: 1 = the full 784-step task
-        xtr, xte = d["x_train"][:, ::sub, ::sub], d["x_test"][:512, ::sub, ::sub]
-        train = pixel_sequences(xtr, d["y_train"])
-        test = pixel_sequences(xte, d["y_test"][:512])
-        model = dict(input_size=1, num_classes=10)
+        return train, held, dict(input_size=train.vocab_size, num_classes=train.vocab_size, per_step=True), ce, None
+    d = np.load(args.mnist)
+    n_test = args.mnist_test
+    if name == "pixel-mnist":
+        train = pixel_sequences(d["x_train"], d["y_train"], pixels_per_step=args.pixels_per_step)
+        test = pixel_sequences(d["x_test"][:n_test], d["y_test"][:n_test], pixels_per_step=args.pixels_per_step)
+        held = test.tensors()
+        mkw = dict(input_size=args.pixels_per_step, num_classes=10)
+    else:  # noisy-mnist
+        train = NoisePaddedRows(d["x_train"], d["y_train"], args.noise_length, seed=2 * seed)
+        test = NoisePaddedRows(d["x_test"][:n_test], d["y_test"][:n_test], args.noise_length, seed=2 * seed + 1,
+                               mean=train.mean, std=train.std)
+        held = _stack(test, torch.arange(len(test)))
+        mkw = dict(input_size=28, num_classes=10)
 
-        def loss(out, y):
-            return F.cross_entropy(out, y.long())
-    xs = torch.stack([test[i][0] for i in range(len(test))])
-    ys = torch.stack([torch.as_tensor(test[i][1]) for i in range(len(test))])
-    return train, (xs, ys), model, loss
+    def acc(out, y):
+        return float((out.argmax(1) == y).float().mean())
+    return train, held, mkw, F.cross_entropy, acc
 
 
-def run_task(task, args):
-    results = []
-    for seed in range(args.seeds):
-        train, (tx, ty), mkw, loss_fn = make_task(task, args, seed)
-        runs = {}
-        for name, opts in OPTIMIZERS.items():
-            torch.manual_seed(seed)
-            model = create_model("rnn_classifier", hidden_size=args.hidden, **mkw)
-            runs[name] = dict(model=model, opt=create_optimizer(name, model.parameters(), **opts), t=0.0, curve=[])
-        g = torch.Generator().manual_seed(seed)
-        for step in range(1, args.steps + 1):
-            idx = torch.randint(0, len(train), (args.batch,), generator=g)
-            batch = [train[int(i)] for i in idx]
-            x = torch.stack([b[0] for b in batch])
-            y = torch.stack([torch.as_tensor(b[1]) for b in batch])
-            names = list(runs) if step % 2 else list(runs)[::-1]
-            for name in names:
-                r = runs[name]
+def _anchor(opt):
+    import contextlib
+    return opt.anchor_weights() if hasattr(opt, "anchor_weights") else contextlib.nullcontext()
+
+
+def evaluate(model, opt, held, loss_fn, acc_fn, chunk=500):
+    x, y = held
+    with torch.no_grad(), _anchor(opt):
+        outs = [model(x[i:i + chunk]) for i in range(0, len(x), chunk)]
+    out = torch.cat(outs)
+    return float(loss_fn(out, y)), (acc_fn(out, y) if acc_fn else None)
+
+
+def count_run(task, cfg_name, seed, args, data):
+    targets, metric, budget = TASKS[task]
+    budget = args.max_batches or budget
+    cfg = CONFIGS[cfg_name]
+    train, held, mkw, loss_fn, acc_fn = data
+    torch.manual_seed(seed)
+    model = create_model("rnn_classifier", cell="tanh", hidden_size=args.hidden, **mkw)
+    opt = create_optimizer(cfg["name"], model.parameters(), **cfg["opts"])
+    g = torch.Generator().manual_seed(10_000 + seed)  # same batch order for every optimizer of this seed
+    reached, curve, status, t0 = {}, [], "budget", time.perf_counter()
+    for mb in range(1, budget + 1):
+        x, y = _stack(train, torch.randint(0, len(train), (args.batch,), generator=g))
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        if not torch.isfinite(loss):
+            status = "diverged"
+            break
+        loss.backward()
+        if cfg["clip"]:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip"])
+        opt.step()
+        if mb % args.eval_every == 0 or mb == budget:
+            ev_loss, ev_acc = evaluate(model, opt, held, loss_fn, acc_fn)
+            value = ev_acc if metric == "accuracy" else ev_loss
+            curve.append((mb, ev_loss, ev_acc))
+            for tgt in targets:
+                ok = value >= tgt if metric == "accuracy" else value <= tgt
+                if ok and str(tgt) not in reached:
+                    reached[str(tgt)] = mb
+            if not np.isfinite(ev_loss):
+                status = "diverged"
+                break
+            if len(reached) == len(targets):
+                status = "reached"
+                break
+    return dict(task=task, config=cfg_name, seed=seed, hidden=args.hidden, batch=args.batch, budget=budget,
+                reached=reached, status=status, batches=curve[-1][0] if curve else 0, curve=curve,
+                wall_s=time.perf_counter() - t0, torch=torch.__version__)
+
+
+def cmd_count(args):
+    os.makedirs(args.runs, exist_ok=True)
+    configs = [c for c in CONFIGS if not args.configs or c in args.configs.split(";")]
+    for task in args.tasks.split(","):
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            data = None
+            for cfg in configs:
+                path = os.path.join(args.runs, f"{task}__{cfg.replace(' ', '_')}__s{seed}.json")
+                if os.path.exists(path):
+                    continue
+                data = data or make_task(task, args, seed)
+                r = count_run(task, cfg, seed, args, data)
+                with open(path, "w") as f:
+                    json.dump(r, f)
+                print(f"{task} seed {seed} {cfg}: {r['status']} {r['reached']} after {r['batches']} "
+                      f"({r['wall_s']:.0f} s)", flush=True)
+
+
+def cmd_time(args):
+    """Per-mini-batch wall cost of each config, steps of all configs interleaved, median with [p25, p75]."""
+    rows = {}
+    for task in args.tasks.split(","):
+        train, held, mkw, loss_fn, _ = make_task(task, args, 0)
+        models, opts = {}, {}
+        for name, cfg in CONFIGS.items():
+            torch.manual_seed(0)
+            models[name] = create_model("rnn_classifier", cell="tanh", hidden_size=args.hidden, **mkw)
+            opts[name] = create_optimizer(cfg["name"], models[name].parameters(), **cfg["opts"])
+        times = {n: [] for n in CONFIGS}
+        g = torch.Generator().manual_seed(0)
+        for step in range(args.time_steps + 1):
+            x, y = _stack(train, torch.randint(0, len(train), (args.batch,), generator=g))
+            order = list(CONFIGS) if step % 2 else list(CONFIGS)[::-1]
+            for name in order:
                 t0 = time.perf_counter()
-                r["opt"].zero_grad(set_to_none=True)
-                loss = loss_fn(r["model"](x), y)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(r["model"].parameters(), 1.0)
-                r["opt"].step()
-                r["t"] += time.perf_counter() - t0
-                if step % args.eval_every == 0 or step == args.steps:
-                    with torch.no_grad():
-                        r["curve"].append((step, r["t"], float(loss_fn(r["model"](tx), ty))))
-        target = runs["adam"]["curve"][-1][2]
-        adam_time = runs["adam"]["t"]
-        for name, r in runs.items():
-            reach = next((t for _, t, v in r["curve"] if v <= target), None)
-            results.append(dict(task=task, seed=seed, optimizer=name, final_loss=r["curve"][-1][2], train_s=r["t"],
-                                time_to_adam_final=reach, ratio=None if reach is None else reach / adam_time,
-                                curve=r["curve"]))
-        print(task, seed, {n: round(r["curve"][-1][2], 4) for n, r in runs.items()}, flush=True)
-    return results
+                opts[name].zero_grad(set_to_none=True)
+                loss_fn(models[name](x), y).backward()
+                if CONFIGS[name]["clip"]:
+                    torch.nn.utils.clip_grad_norm_(models[name].parameters(), CONFIGS[name]["clip"])
+                opts[name].step()
+                if step:  # step 0 is warm-up
+                    times[name].append(time.perf_counter() - t0)
+        for name, v in times.items():
+            q = statistics.quantiles(v, n=4)
+            rows[f"{task}|{name}"] = dict(median_ms=statistics.median(v) * 1e3, p25_ms=q[0] * 1e3, p75_ms=q[2] * 1e3)
+        print(task, {n: round(rows[f'{task}|{n}']['median_ms'], 1) for n in CONFIGS}, flush=True)
+    meta = dict(cpu=_cpu(), torch=torch.__version__, threads=torch.get_num_threads(), load=os.getloadavg(),
+                hidden=args.hidden, batch=args.batch, steps=args.time_steps)
+    with open(os.path.join(args.out, "fw_rnn_step_cost.json"), "w") as f:
+        json.dump(dict(meta=meta, rows=rows), f, indent=1)
+
+
+def _cpu():
+    with open("/proc/cpuinfo") as f:
+        info = f.read()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    return name + (" (VNNI)" if "vnni" in info else " (no VNNI)")
+
+
+def cmd_report(args):
+    runs = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(args.runs, "*.json")))]
+    cost_path = os.path.join(args.out, "fw_rnn_step_cost.json")
+    cost = json.load(open(cost_path)) if os.path.exists(cost_path) else {"rows": {}, "meta": {}}
+    meta = cost["meta"]
+    lines = ["# Frank-Wolfe vs tuned Adam on a tanh RNN: mini-batches and time to fixed targets", "",
+             f"tanh RNN, hidden {runs[0]['hidden'] if runs else '?'}, batch {runs[0]['batch'] if runs else '?'}, "
+             f"torch {torch.__version__}. Per-mini-batch cost measured interleaved on {meta.get('cpu', '?')}, "
+             f"{meta.get('threads', '?')} torch thread(s), load average {tuple(round(x, 2) for x in meta.get('load', ()))}. "
+             "Mini-batches count every optimizer step (FW inner steps included); time = mini-batches x that cost.",
+             "Cells: median mini-batches over seeds (per-seed values; '-' = not reached within the budget, "
+             "'div' = diverged) and the median time.", ""]
+    verdicts = []
+    for task, (targets, metric, _) in TASKS.items():
+        rs = [r for r in runs if r["task"] == task]
+        if not rs:
+            continue
+        lines += [f"## {task} (targets: {metric} {' / '.join(str(t) for t in targets)}; "
+                  f"budget {rs[0]['budget']} mini-batches)", "",
+                  "| optimizer | seeds | " + " | ".join(f"to {t}" for t in targets) + " | best held-out " + metric + " |",
+                  "|---|---|" + "---|" * len(targets) + "---:|"]
+        summary = {}
+        for cfg in CONFIGS:
+            cr = sorted((r for r in rs if r["config"] == cfg), key=lambda r: r["seed"])
+            if not cr:
+                continue
+            cells = []
+            ms = cost["rows"].get(f"{task}|{cfg}", {}).get("median_ms")
+            for t in targets:
+                vals = [r["reached"].get(str(t)) for r in cr]
+                per = ", ".join(str(v) if v is not None else ("div" if r["status"] == "diverged" else "-")
+                                for v, r in zip(vals, cr))
+                if all(v is not None for v in vals):
+                    med = statistics.median(vals)
+                    summary[(cfg, t)] = med
+                    tm = f", {med * ms / 1e3:.0f} s" if ms else ""
+                    cells.append(f"**{med:.0f}**{tm} ({per})")
+                else:
+                    summary[(cfg, t)] = None
+                    cells.append(f"not reached by {len(cr) - sum(v is not None for v in vals)}/{len(cr)} ({per})")
+            best = [(max if metric == "accuracy" else min)(c[2] if metric == "accuracy" else c[1] for c in r["curve"])
+                    for r in cr]
+            lines.append(f"| {cfg} | {len(cr)} | " + " | ".join(cells) + f" | {statistics.median(best):.4f} |")
+        lines.append("")
+        for t in targets:
+            adam = {c: summary.get((c, t)) for c in CONFIGS if c.startswith("adam")}
+            fw = {c: summary.get((c, t)) for c in CONFIGS if c.startswith("fw")}
+            ok_adam = {c: v for c, v in adam.items() if v is not None}
+            ok_fw = {c: v for c, v in fw.items() if v is not None}
+            best_adam = min(ok_adam, key=ok_adam.get) if ok_adam else None
+            best_fw = min(ok_fw, key=ok_fw.get) if ok_fw else None
+            if best_fw is None and best_adam is None:
+                v = "not testable here: no optimizer reached it on every seed within the budget"
+            elif best_fw is None:
+                v = f"not reproduced: best Adam ({best_adam}) {ok_adam[best_adam]:.0f} mini-batches, FW not on every seed"
+            elif best_adam is None:
+                v = f"reproduced: {best_fw} reaches it in {ok_fw[best_fw]:.0f} mini-batches, no Adam setting on every seed"
+            else:
+                win = ok_fw[best_fw] < ok_adam[best_adam]
+                v = (f"{'reproduced' if win else 'not reproduced'}: best FW ({best_fw}) {ok_fw[best_fw]:.0f} vs "
+                     f"best Adam ({best_adam}) {ok_adam[best_adam]:.0f} mini-batches")
+            verdicts.append(f"- {task}, {metric} {t}: {v}")
+    lines += ["## Verdicts (claim: FW reaches the target with fewer mini-batches than the best tuned Adam)", ""]
+    lines += verdicts
+    lines += ["", "Commands: `python benchmarks/train/bench_fw_rnn.py count --tasks TASK --seeds 0,1,2 "
+              "--mnist ../shared/data/mnist.npz`, `... time`, `... report`."]
+    with open(os.path.join(args.out, "fw_rnn.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tasks", default="adding-200,adding-750,copying,pixel-mnist")
-    ap.add_argument("--mnist", default=None, help="mnist.npz (x_train, y_train, x_test, y_test); pixel task skipped if absent")
-    ap.add_argument("--mnist-subsample", type=int, default=2, help="pixel stride (2 -> 196 steps; 1 = 784)")
-    ap.add_argument("--delay", type=int, default=50, help="copying task delay T")
+    ap.add_argument("command", choices=("count", "time", "report"))
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--configs", default="", help="';'-separated config names (default: all)")
+    ap.add_argument("--mnist", default="../shared/data/mnist.npz")
+    ap.add_argument("--mnist-test", type=int, default=500, help="held-out test images used for the curves")
+    ap.add_argument("--pixels-per-step", type=int, default=4, help="4 -> 196 steps of 4 pixels; 1 = the 784-step task")
+    ap.add_argument("--noise-length", type=int, default=100, help="noisy MNIST: 28 rows padded to this many steps")
+    ap.add_argument("--delay", type=int, default=50, help="copying task delay T (sequence length T + 20)")
     ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--eval-every", type=int, default=25)
-    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=50)
+    ap.add_argument("--max-batches", type=int, default=0, help="override the per-task budget")
+    ap.add_argument("--eval-every", type=int, default=50)
+    ap.add_argument("--time-steps", type=int, default=10)
+    ap.add_argument("--runs", default="benchmarks/results/train/fw_runs")
     ap.add_argument("--out", default="benchmarks/results/train")
     args = ap.parse_args()
-    torch.set_num_threads(1)  # three optimizers interleaved; one thread each keeps timings comparable
-    tasks = [t for t in args.tasks.split(",") if t != "pixel-mnist" or args.mnist]
-    results = [r for t in tasks for r in run_task(t, args)]
-    load = os.getloadavg()
-    lines = ["# Frank-Wolfe vs Adam vs SGD on long-range sequence tasks", "",
-             f"LSTM hidden {args.hidden}, batch {args.batch}, {args.steps} steps, {args.seeds} seeds, grad-norm clip 1.0, "
-             f"1 torch thread, torch {torch.__version__}, 2-core x86 CPU (shared; load average at end "
-             f"{load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}). Optimizers: {json.dumps(OPTIMIZERS)}. "
-             f"copying delay {args.delay}; pixel-MNIST pixel stride {args.mnist_subsample}.", "",
-             "| task | optimizer | final held-out loss (mean over seeds) | train s | time to Adam's final / Adam time |",
-             "|---|---|---:|---:|---|"]
-    verdicts = []
-    for task in tasks:
-        for name in OPTIMIZERS:
-            rs = [r for r in results if r["task"] == task and r["optimizer"] == name]
-            ratios = [r["ratio"] for r in rs]
-            rtxt = ", ".join("not reached" if x is None else f"{x:.2f}x" for x in ratios)
-            lines.append(f"| {task} | {name} | {statistics.mean(r['final_loss'] for r in rs):.4f} | "
-                         f"{statistics.mean(r['train_s'] for r in rs):.1f} | {rtxt} |")
-            if name == "fw-adam":
-                verdicts.append((task, all(x is not None and x <= 0.8 for x in ratios)))
-    met = sum(ok for _, ok in verdicts)
-    lines += ["", f"Target: FW reaches Adam's final loss in <= 0.8x Adam's time on at least two of three tasks. "
-              f"Met on {met} of {len(verdicts)} tasks: " + ", ".join(f"{t} {'yes' if ok else 'no'}" for t, ok in verdicts),
-              "", f"Command: `python benchmarks/train/bench_fw_rnn.py --tasks {args.tasks} --steps {args.steps} "
-              f"--seeds {args.seeds} --hidden {args.hidden} --mnist-subsample {args.mnist_subsample}"
-              + (f" --mnist {args.mnist}`" if args.mnist else "`")]
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "fw_rnn.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    with open(os.path.join(args.out, "fw_rnn.json"), "w") as f:
-        json.dump(results, f)
-    print("\n".join(lines))
+    torch.set_num_threads(1)
+    {"count": cmd_count, "time": cmd_time, "report": cmd_report}[args.command](args)
 
 
 if __name__ == "__main__":

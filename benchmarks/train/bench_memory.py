@@ -2,19 +2,89 @@
 
     python benchmarks/train/bench_memory.py --model resnet56 --batch 64 --ratio 3 --out benchmarks/results/train
 
-Budget = weights + grads + (activation bytes before) / ratio. Steps (forward + backward + SGD update) of the two
-models are timed interleaved; medians with [p25, p75]. On CPU the activation bytes are those saved for backward.
+Budget = weights + grads + (saved activation bytes before) / ratio. Compared: the plain model, the earlier fixed
+plan (sqrt(n)-block segments picked greedily: layer1 in three 3-block segments + layer2[0:6], 15 of 27 blocks
+recomputed) and the plan of the per-block cost model (``apply_memory_budget``, whole stages allowed as one segment).
+Memory: bytes saved for backward after the forward (the budget's measure) and the allocator's peak during a whole
+training step above the level before it (glibc ``mallinfo2`` read after every ATen op, backward and recompute
+included). Time: ``--repeats`` rounds of ``--pairs`` interleaved steps (order rotated); per round the median step
+of each model; reported as the median over rounds with the [min, max] of the per-round ratios.
 """
 import argparse
+import ctypes
+import gc
 import os
-import platform
 import statistics
 import time
 
 import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from slimkit.models import create_model, get_model_info
-from slimkit.train.memory import apply_memory_budget, measure_activation_memory
+from slimkit.train.memory import Checkpointed, _bn_stats_restored, apply_memory_budget, measure_activation_memory
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                                               "uordblks", "fordblks", "keepcost")]
+
+
+_LIBC = ctypes.CDLL("libc.so.6")
+_LIBC.mallinfo2.restype = _MallInfo2
+
+
+def _in_use():
+    m = _LIBC.mallinfo2()
+    return m.uordblks + m.hblkhd  # bytes handed out by malloc (heap + mmap'd blocks)
+
+
+class _PeakMode(TorchDispatchMode):
+    """Reads the allocator's in-use bytes after every ATen op (forward, backward and checkpoint recompute)."""
+
+    def __init__(self):
+        super().__init__()
+        self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.peak = max(self.peak, _in_use())
+        return out
+
+
+def peak_step_bytes(model, x, y, repeats=3):
+    """Median peak (above the level before the step) of forward + loss + backward."""
+    peaks = []
+    with _bn_stats_restored(model):
+        for _ in range(repeats + 1):
+            model.zero_grad(set_to_none=True)
+            gc.collect()
+            base = _in_use()
+            mode = _PeakMode()
+            with mode:
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+            peaks.append(mode.peak - base)
+    model.zero_grad(set_to_none=True)
+    return int(statistics.median(peaks[1:]))  # the first step allocates the grads for the first time
+
+
+def fixed_plan(model, plan):
+    """Wrap the given (sequential name, start, stop) segments of a copy of ``model`` in checkpointing."""
+    import copy
+
+    model = copy.deepcopy(model)
+    for name in {p[0] for p in plan}:
+        seq = getattr(model, name)
+        orig, new, i = list(seq), [], 0
+        for _, a, b in sorted(p for p in plan if p[0] == name):
+            new += orig[i:a] + [Checkpointed(nn.Sequential(*orig[a:b]))]
+            i = b
+        new += orig[i:]
+        for k in list(seq._modules):
+            del seq._modules[k]
+        for j, m in enumerate(new):
+            seq.add_module(str(j), m)
+    return model
 
 
 def step_time(model, opt, x, y):
@@ -25,12 +95,20 @@ def step_time(model, opt, x, y):
     return time.perf_counter() - t0
 
 
+def _cpu():
+    with open("/proc/cpuinfo") as f:
+        info = f.read()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    return name + (" (VNNI)" if "vnni" in info else " (no VNNI)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="resnet56")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--ratio", type=float, default=3.0, help="target activation-memory reduction")
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--pairs", type=int, default=6, help="interleaved steps of each model per repeat")
     ap.add_argument("--out", default="benchmarks/results/train")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -40,40 +118,53 @@ def main():
     weights = sum(p.numel() * p.element_size() for p in base.parameters())
     before = measure_activation_memory(base, x)
     budget = int(2 * weights + before / args.ratio)
+    t0 = time.perf_counter()
     small, plan = apply_memory_budget(base, x, budget, return_plan=True)
-    after = measure_activation_memory(small, x)
-    models = {"baseline": base, "memory-bounded": small}
+    plan_s = time.perf_counter() - t0
+    models = {"baseline": base, "memory-bounded (cost model)": small}
+    if args.model.startswith("resnet") and len(base.layer1) >= 9:
+        old = [("layer1", 0, 3), ("layer1", 3, 6), ("layer1", 6, 9), ("layer2", 0, 3), ("layer2", 3, 6)]
+        models["earlier plan (sqrt segments)"] = fixed_plan(base, old)
+    saved = {k: measure_activation_memory(m, x) for k, m in models.items()}
+    peaks = {k: peak_step_bytes(m, x, y) for k, m in models.items()}
     opts = {k: torch.optim.SGD(m.parameters(), lr=0.01) for k, m in models.items()}
-    times = {k: [] for k in models}
     for k in models:  # warm-up
         step_time(models[k], opts[k], x, y)
-    for i in range(args.steps):
-        order = list(models) if i % 2 == 0 else list(models)[::-1]
-        for k in order:
-            times[k].append(step_time(models[k], opts[k], x, y))
+    rounds = []
+    names = list(models)
+    for r in range(args.repeats):
+        times = {k: [] for k in models}
+        for i in range(args.pairs):
+            shift = (r * args.pairs + i) % len(names)
+            for k in names[shift:] + names[:shift]:
+                times[k].append(step_time(models[k], opts[k], x, y))
+        rounds.append({k: statistics.median(v) for k, v in times.items()})
     load = os.getloadavg()
-
-    def q(v, p):
-        return statistics.quantiles(v, n=4)[p] * 1e3
-
+    med = {k: statistics.median(rd[k] for rd in rounds) * 1e3 for k in models}
+    ratio = {k: [rd[k] / rd["baseline"] for rd in rounds] for k in models}
     rows = [f"# Memory-bounded training: {args.model}, batch {args.batch}", "",
-            f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
-            f"load average at end {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}. "
-            f"Budget {budget:,} B = weights+grads {2 * weights:,} B + activations/{args.ratio:g}.", "",
-            f"Wrapped segments ({len(plan.wrapped)}): " + ", ".join(f"{c.path} ({c.action})" for c in plan.wrapped),
-            "", "| model | saved activation bytes | vs baseline | step ms median [p25, p75] | vs baseline |",
-            "|---|---:|---:|---|---:|"]
-    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    for k, act in (("baseline", before), ("memory-bounded", after)):
-        rows.append(f"| {k} | {act:,} | {before / act:.2f}x lower | {med[k]:.1f} [{q(times[k], 0):.1f}, "
-                    f"{q(times[k], 2):.1f}] | {med[k] / med['baseline']:.2f}x |")
-    rows += ["", f"Target: >= 3x lower activation memory at <= 20% slower steps. Measured: {before / after:.2f}x lower, "
-             f"steps {100 * (med['memory-bounded'] / med['baseline'] - 1):+.1f}%.", "",
+            f"{_cpu()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; load average at end "
+            f"{load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}. Budget {budget:,} B = weights+grads {2 * weights:,} B + "
+            f"activations/{args.ratio:g}. {args.repeats} rounds x {args.pairs} interleaved steps per model.", "",
+            f"Cost-model plan ({plan_s:.0f} s to measure and plan; predicted recompute {plan.recompute_s * 1e3:.0f} ms "
+            f"per step): " + ", ".join(f"{c.path} ({c.action})" for c in plan.wrapped), "",
+            "| model | saved activation bytes after forward | vs baseline | peak bytes during a step | vs baseline "
+            "| step ms (median of rounds) | slower than baseline: median [min, max] of rounds |",
+            "|---|---:|---:|---:|---:|---:|---|"]
+    for k in models:
+        r = ratio[k]
+        rows.append(f"| {k} | {saved[k]:,} | {before / saved[k]:.2f}x lower | {peaks[k]:,} | "
+                    f"{peaks['baseline'] / peaks[k]:.2f}x lower | {med[k]:.1f} | {100 * (statistics.median(r) - 1):+.1f}% "
+                    f"[{100 * (min(r) - 1):+.1f}%, {100 * (max(r) - 1):+.1f}%] |")
+    k = "memory-bounded (cost model)"
+    rows += ["", f"Target: >= 3x lower activation memory at <= 20% slower steps. Cost-model plan: "
+             f"{before / saved[k]:.2f}x lower saved activations ({peaks['baseline'] / peaks[k]:.2f}x lower step peak), "
+             f"steps {100 * (statistics.median(ratio[k]) - 1):+.1f}% (rounds {100 * (min(ratio[k]) - 1):+.1f}% .. "
+             f"{100 * (max(ratio[k]) - 1):+.1f}%).", "",
              f"Command: `python benchmarks/train/bench_memory.py --model {args.model} --batch {args.batch} "
-             f"--ratio {args.ratio:g} --steps {args.steps}`"]
+             f"--ratio {args.ratio:g} --repeats {args.repeats} --pairs {args.pairs}`"]
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"memory_{args.model}.md")
-    with open(path, "w") as f:
+    with open(os.path.join(args.out, f"memory_{args.model}.md"), "w") as f:
         f.write("\n".join(rows) + "\n")
     print("\n".join(rows))
 

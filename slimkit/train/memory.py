@@ -3,12 +3,15 @@
 * ``measure_activation_memory``: bytes of activations autograd saves for backward (CPU: counted through
   ``torch.autograd.graph.saved_tensors_hooks``, one count per storage; CUDA: ``torch.cuda.max_memory_allocated``
   above the level before the forward).
-* ``apply_memory_budget``: splits every ``nn.Sequential`` into segments, measures each segment's saved bytes and
-  forward time (the cost model), and wraps segments - best bytes-saved per second-of-recompute first - until the
-  measured activation memory fits. A wrapped segment keeps only its input: on CPU it is recomputed in backward
+* ``plan_memory``: the cost model, measured per block (each child of an innermost ``nn.Sequential``): bytes its
+  backward keeps, its input's bytes, its forward (= recompute) time.
+* ``apply_memory_budget``: picks, over all contiguous runs of blocks (a whole stage is one run), the set of segments
+  with the least predicted recompute time that brings the saved activations under the budget (a Pareto DP), wraps
+  them and checks by measuring. A wrapped segment keeps only its input: on CPU it is recomputed in backward
   (activation checkpointing, ``torch.utils.checkpoint``); on CUDA a segment whose host round trip
   (2 x bytes / PCIe bandwidth) is cheaper than its recompute is offloaded to pinned host memory instead
-  (``torch.autograd.graph.save_on_cpu``).
+  (``torch.autograd.graph.save_on_cpu``). Long segments keep the fewest bytes after the forward but recompute
+  many at once in backward: ``MemoryPlan.backward_peak_bytes`` bounds that peak.
 * ``tune_batch_size``: the largest batch under the budget and the throughput-optimal one, with the learning rate
   scaled linearly (Goyal et al. 2017).
 
@@ -16,7 +19,7 @@ The budget covers weights + gradients + activations (optimizer state is not coun
 """
 import contextlib
 import copy
-import math
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -111,11 +114,22 @@ class Offloaded(nn.Module):
 
 
 @dataclass
+class BlockCost:
+    """Cost model entry for one child of an ``nn.Sequential``, measured on the example batch."""
+    path: str  # "<sequential path>[index]"
+    saved_bytes: int  # bytes its backward keeps when it is not checkpointed (its input included, if it saves it)
+    input_bytes: int  # bytes of its input (the previous block's output, usually kept by that block anyway)
+    output_bytes: int  # bytes of its output (kept for the next block either way)
+    forward_s: float  # forward time: the price of recomputing it
+
+
+@dataclass
 class SegmentCost:
     path: str  # "<sequential path>[start:stop]"
-    saved_bytes: int
-    forward_s: float
+    saved_bytes: int  # predicted bytes no longer kept after the forward
+    forward_s: float  # predicted recompute time (CUDA offload: the host round trip instead)
     action: str = "checkpoint"
+    inner_bytes: int = 0  # bytes its recompute holds at once during backward
 
 
 @dataclass
@@ -125,74 +139,146 @@ class MemoryPlan:
     activation_bytes_before: int
     activation_bytes_after: int
     wrapped: list = field(default_factory=list)
+    blocks: list = field(default_factory=list)  # the per-block cost model (BlockCost)
 
     @property
     def fits(self):
         return 2 * self.weight_bytes + self.activation_bytes_after <= self.budget_bytes
+
+    @property
+    def recompute_s(self):
+        """Predicted extra seconds per training step (sum of the wrapped segments' forward times)."""
+        return sum(c.forward_s for c in self.wrapped)
+
+    @property
+    def backward_peak_bytes(self):
+        """Upper bound on saved activations during backward: what the forward keeps plus the largest recomputed
+        segment's own activations (a long segment keeps few bytes after the forward but recomputes many at once)."""
+        return self.activation_bytes_after + max((c.inner_bytes for c in self.wrapped if c.action == "checkpoint"),
+                                                 default=0)
 
 
 def _weight_bytes(model):
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def _segments(model):
-    """(parent Sequential, start, stop) chunks of about sqrt(n) children for every Sequential with >= 2 children."""
+def _sequentials(model):
+    """(path, Sequential) for every Sequential with >= 2 children that holds no other Sequential (the innermost
+    ones: outer ones are handled through their children)."""
     out = []
     for name, mod in model.named_modules():
         if isinstance(mod, nn.Sequential) and len(mod) >= 2 and not isinstance(mod, (Checkpointed, Offloaded)):
-            n = len(mod)
-            size = max(1, math.isqrt(n)) if n > 3 else n
-            for start in range(0, n, size):
-                out.append((name, mod, start, min(n, start + size)))
-    # Nested Sequentials: keep the innermost ones only (outer ones are handled through their children).
-    names = {name for name, *_ in out}
-    return [s for s in out if not any(other != s[0] and other.startswith(s[0] + ".") or
-                                      (s[0] == "" and other) for other in names)]
+            if not any(isinstance(m, nn.Sequential) for m in list(mod.modules())[1:]):
+                out.append((name or "<root>", mod))
+    return out
 
 
-def _time_forward(segment, x, repeats=3):
+def _time_forward(module, x, repeats=3):
+    """Median forward time (the recompute price) of ``module`` on ``x``."""
+    times = []
     with torch.no_grad():
-        segment(x)
-        t0 = time.perf_counter()
+        module(x)
         for _ in range(repeats):
-            segment(x)
-        if x.is_cuda:
-            torch.cuda.synchronize(x.device)
-    return (time.perf_counter() - t0) / repeats
+            if x.is_cuda:
+                torch.cuda.synchronize(x.device)
+            t0 = time.perf_counter()
+            module(x)
+            if x.is_cuda:
+                torch.cuda.synchronize(x.device)
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
 
 
-def plan_memory(model, example_batch, budget_bytes):
-    """Measure the cost of each candidate segment: saved bytes and forward time (the recompute price)."""
-    costs = []
-    inputs = {}
-    hooks = []
-    for name, seq, start, stop in _segments(model):
-        def grab(mod, args, key=(name, start)):
-            inputs.setdefault(key, args[0].detach())
-        hooks.append(seq[start].register_forward_pre_hook(grab))
+def plan_memory(model, example_batch):
+    """The per-block cost model: for each child of every innermost ``nn.Sequential``, the bytes its backward keeps,
+    its input's bytes and its forward time, measured on the inputs it sees in a forward of ``example_batch``."""
+    seqs = _sequentials(model)
+    inputs, outputs, hooks = {}, {}, []
+    for path, seq in seqs:
+        for i, child in enumerate(seq):
+            def grab(mod, args, key=(path, i)):
+                inputs.setdefault(key, args[0].detach())
+
+            def grab_out(mod, args, out, key=(path, i)):
+                outputs.setdefault(key, out.numel() * out.element_size() if torch.is_tensor(out) else 0)
+            hooks += [child.register_forward_pre_hook(grab), child.register_forward_hook(grab_out)]
     with torch.no_grad():
         model(example_batch)
     for h in hooks:
         h.remove()
-    for name, seq, start, stop in _segments(model):
-        x = inputs.get((name, start))
-        if x is None:
-            continue
-        segment = nn.Sequential(*list(seq)[start:stop])
-        saved = measure_activation_memory(segment, x.clone().requires_grad_(x.is_floating_point()))
-        seconds = _time_forward(segment, x)
-        action = "checkpoint"
-        if x.is_cuda and 2 * saved / PCIE_BYTES_PER_S < seconds:
-            action = "offload"
-        costs.append(SegmentCost(f"{name or '<root>'}[{start}:{stop}]", saved, seconds, action))
+    costs = {}
+    for path, seq in seqs:
+        row = []
+        for i, child in enumerate(seq):
+            x = inputs.get((path, i))
+            if x is None or not x.is_floating_point():
+                row = None  # a child that never ran (or takes ids): leave this Sequential alone
+                break
+            saved = measure_activation_memory(child, x.clone().requires_grad_(True))
+            seconds = _time_forward(child, x)
+            row.append(BlockCost(f"{path}[{i}]", saved, x.numel() * x.element_size(), outputs[(path, i)], seconds))
+        if row:
+            costs[path] = row
     return costs
 
 
-def apply_memory_budget(model, example_batch, budget_bytes, *, return_plan=False):
+def _segment_options(blocks, cuda):
+    """Pareto front of (bytes saved, recompute seconds, segments) over the ways to wrap contiguous runs of
+    ``blocks`` (whole Sequential included): a DP over prefixes that keeps only undominated choices."""
+    n = len(blocks)
+    fronts = [[] for _ in range(n + 1)]
+    fronts[0] = [(0, 0.0, ())]
+    for j in range(n):
+        if not fronts[j]:
+            continue
+        fronts[j + 1].extend(fronts[j])  # block j stays as it is
+        own, secs = 0, 0.0
+        for k in range(j + 1, n + 1):  # wrap blocks j..k-1 as one segment
+            last = blocks[k - 1]
+            own += max(last.saved_bytes - last.input_bytes, 0)  # its input is its predecessor's output
+            secs += last.forward_s
+            inner = own + blocks[j].input_bytes  # what the recompute holds at once
+            saved = own - last.output_bytes  # the segment's output is still kept for what follows
+            if saved <= 0:
+                continue
+            action, price = "checkpoint", secs
+            if cuda and 2 * inner / PCIE_BYTES_PER_S < secs:
+                action, price = "offload", 2 * inner / PCIE_BYTES_PER_S
+            seg = SegmentCost("", saved, price, action, inner)
+            fronts[k].extend((b + saved, t + price, segs + ((j, k, seg),)) for b, t, segs in fronts[j])
+        fronts[j + 1] = _pareto(fronts[j + 1])
+    return _pareto(fronts[n])
+
+
+def _pareto(options):
+    """Keep the options no other option beats on both bytes saved (more) and seconds (fewer)."""
+    options = sorted(options, key=lambda o: (o[1], -o[0]))
+    out, best = [], -1
+    for o in options:
+        if o[0] > best:
+            out.append(o)
+            best = o[0]
+    return out
+
+
+def _choose(costs, need_bytes, cuda):
+    """The cheapest combination (fewest recompute seconds) over all Sequentials that saves >= need_bytes."""
+    combined = [(0, 0.0, ())]
+    for path, blocks in costs.items():
+        opts = _segment_options(blocks, cuda)
+        combined = _pareto([(b1 + b2, t1 + t2, s1 + tuple((path, j, k, seg) for j, k, seg in s2))
+                            for b1, t1, s1 in combined for b2, t2, s2 in opts])
+    feasible = [o for o in combined if o[0] >= need_bytes]
+    return min(feasible, key=lambda o: o[1]) if feasible else max(combined, key=lambda o: o[0])
+
+
+def apply_memory_budget(model, example_batch, budget_bytes, *, return_plan=False, max_replans=4):
     """A copy of ``model`` whose training-time memory (weights + grads + saved activations) fits ``budget_bytes``.
 
-    Raises ``SlimkitError`` when the weights and gradients alone exceed the budget, or when even wrapping every
-    segment does not fit.
+    Plans with the per-block cost model (``plan_memory``): among all ways to wrap contiguous runs of blocks of each
+    ``nn.Sequential`` - whole stages included - it takes the one with the least predicted recompute time that
+    saves enough bytes, then measures the result; if the prediction was optimistic it re-plans for the shortfall.
+    Raises ``SlimkitError`` when the weights and gradients alone exceed the budget, or when no plan fits.
     """
     budget_bytes = int(budget_bytes)
     weights = _weight_bytes(model)
@@ -200,39 +286,45 @@ def apply_memory_budget(model, example_batch, budget_bytes, *, return_plan=False
         raise SlimkitError(f"memory budget {budget_bytes:,} B is smaller than the model's weights + gradients "
                            f"({2 * weights:,} B)")
     model = copy.deepcopy(model)
-    before = measure_activation_memory(model, example_batch)
-    plan = MemoryPlan(budget_bytes, weights, before, before)
-    if plan.fits:
-        return (model, plan) if return_plan else model
-    costs = plan_memory(model, example_batch, budget_bytes)
-    by_path = {c.path: c for c in costs}
-    candidates = [(name, seq, start, stop) for name, seq, start, stop in _segments(model)
-                  if f"{name or '<root>'}[{start}:{stop}]" in by_path]
-    # Best saving per second of recompute first.
-    candidates.sort(key=lambda s: -by_path[f"{s[0] or '<root>'}[{s[2]}:{s[3]}]"].saved_bytes /
-                    max(by_path[f"{s[0] or '<root>'}[{s[2]}:{s[3]}]"].forward_s, 1e-9))
-    replacements = {}
-    for name, seq, start, stop in candidates:
-        cost = by_path[f"{name or '<root>'}[{start}:{stop}]"]
-        replacements.setdefault(id(seq), (seq, []))[1].append((start, stop, cost.action))
-        plan.wrapped.append(cost)
-        _rebuild(model, replacements)
-        plan.activation_bytes_after = measure_activation_memory(model, example_batch)
-        if plan.fits:
-            break
-    if not plan.fits:
-        raise SlimkitError(f"cannot fit the budget {budget_bytes:,} B: weights+grads {2 * weights:,} B plus "
-                           f"{plan.activation_bytes_after:,} B of activations after checkpointing every segment")
+    with _bn_stats_restored(model):  # the planning forwards must not move the copy's BatchNorm statistics
+        plan = _fit_plan(model, example_batch, budget_bytes, weights, max_replans)
     return (model, plan) if return_plan else model
 
 
+def _fit_plan(model, example_batch, budget_bytes, weights, max_replans):
+    before = measure_activation_memory(model, example_batch)
+    plan = MemoryPlan(budget_bytes, weights, before, before)
+    if plan.fits:
+        return plan
+    costs = plan_memory(model, example_batch)
+    plan.blocks = [b for row in costs.values() for b in row]
+    seqs = dict(_sequentials(model))
+    need = before - (budget_bytes - 2 * weights)
+    for _ in range(max_replans):
+        saved, _, segments = _choose(costs, need, example_batch.is_cuda)
+        replacements = {}
+        plan.wrapped = []
+        for path, j, k, seg in sorted(segments, key=lambda s: (s[0], s[1])):
+            replacements.setdefault(path, (seqs[path], []))[1].append((j, k, seg.action))
+            plan.wrapped.append(dataclasses.replace(seg, path=f"{path}[{j}:{k}]"))
+        _rebuild(model, replacements)
+        plan.activation_bytes_after = measure_activation_memory(model, example_batch)
+        if plan.fits or saved < need:  # fits, or nothing saves more
+            break
+        need += plan.activation_bytes_after - (budget_bytes - 2 * weights)  # the model was optimistic
+    if not plan.fits:
+        raise SlimkitError(f"cannot fit the budget {budget_bytes:,} B: weights+grads {2 * weights:,} B plus "
+                           f"{plan.activation_bytes_after:,} B of activations with the most-saving plan")
+    return plan
+
+
 def _rebuild(model, replacements):
-    """Replace each recorded Sequential's children by wrapped segments (idempotent for a given record)."""
+    """Replace each recorded Sequential's children by wrapped segments (from its original children, so a new
+    plan replaces the previous one)."""
     for seq, chunks in replacements.values():
         original = seq.__dict__.setdefault("_slimkit_original", list(seq))
-        chunks = sorted(chunks)
         new, i = [], 0
-        for start, stop, action in chunks:
+        for start, stop, action in sorted(chunks):
             new.extend(original[i:start])
             wrap = Offloaded if action == "offload" else Checkpointed
             new.append(wrap(nn.Sequential(*original[start:stop])))

@@ -83,3 +83,35 @@ def test_checkpoint_recompute_does_not_update_batchnorm_stats_twice():
             assert int(b.num_batches_tracked) == int(a.num_batches_tracked) == 3
     for p, q in zip(plain.parameters(), wrapped.segment.parameters()):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_planner_takes_the_cheapest_segments_and_whole_stages_when_they_win():
+    from slimkit.train.memory import BlockCost, _choose
+
+    # Stage A: 3 blocks keeping 10 B each (2 B of it the input from the block before), 1 s each;
+    # stage B: 3 blocks keeping 5 B (1 B input), 1 s each.
+    costs = {"A": [BlockCost(f"A[{i}]", 10, 2, 2, 1.0) for i in range(3)],
+             "B": [BlockCost(f"B[{i}]", 5, 1, 1, 1.0) for i in range(3)]}
+    # Whole A saves 3 * (10 - 2) - 2 (its output stays) = 22 B for 3 s: cheaper than A[0:2] + B[0:2] (21 B, 4 s).
+    saved, seconds, segs = _choose(costs, 20, cuda=False)
+    assert (saved, seconds) == (22, 3.0) and [(p, j, k) for p, j, k, _ in segs] == [("A", 0, 3)]
+    saved, seconds, segs = _choose(costs, 25, cuda=False)  # + B[0:1] (4 - 1 = 3 B) for one more second
+    assert (saved, seconds) == (25, 4.0) and sorted((p, j, k) for p, j, k, _ in segs) == [("A", 0, 3), ("B", 0, 1)]
+
+
+def test_budget_plan_leaves_batchnorm_statistics_alone_and_reports_its_cost():
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+                            for _ in range(6)]).train()
+    model = nn.Sequential(nn.Sequential(*[m for blk in model for m in blk]))  # one Sequential of 18 layers
+    x = torch.randn(4, 4, 8, 8)
+    before = measure_activation_memory(model, x)
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    small, plan = apply_memory_budget(model, x, 2 * _weights(model) + before // 3, return_plan=True)
+    assert plan.fits and plan.activation_bytes_after <= before // 3
+    assert plan.recompute_s > 0 and plan.backward_peak_bytes > plan.activation_bytes_after
+    assert len(plan.blocks) == 18
+    got = {k: v for k, v in small.state_dict().items() if "running" in k or "num_batches" in k}
+    assert len(got) == len(stats)
+    for a, b in zip(stats.values(), got.values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
