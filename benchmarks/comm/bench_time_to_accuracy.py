@@ -26,6 +26,8 @@ METHODS = {  # key: (label, spec for slimkit.comm.register)
     "ecq4": ("ECQ-SGD 4-bit", "ecq(bits=4)"),
     "lpc4": ("LPC 4-bit", "lpc(bits=4)"),
     "mqgrad": ("MQGrad", "mqgrad"),
+    "ecq2_tp": ("ECQ-SGD 2-bit, two-phase", "ecq(bits=2)|twophase"),
+    "auto": ("auto", "auto"),
 }
 
 
@@ -105,7 +107,8 @@ def _worker(rank, world, port, spec, args, out_file):
         xtr, xte = F.pad(xtr, (2, 2, 2, 2)), F.pad(xte, (2, 2, 2, 2))
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(ddp.parameters(), lr=args["lr"], momentum=0.9)
-    state = comm.register(ddp, spec)
+    spec, _, path = spec.partition("|")  # "spec|path" picks the hook's path (default auto)
+    state = comm.register(ddp, spec, path=path or "auto")
     gen = torch.Generator().manual_seed(args["seed"])
     n_params = sum(p.numel() for p in model.parameters())
     rec = {"steps": [], "curve": [], "model": model_src, "params": n_params}
@@ -189,10 +192,11 @@ def summarise(rec, target, warmup=5):
     n = len(steps)
     mean = lambda k: sum(s[k] for s in steps) / n  # noqa: E731
     reach = next((c["time_s"] for c in rec["curve"] if c["acc"] >= target), None)
+    reach_step = next((c["step"] for c in rec["curve"] if c["acc"] >= target), None)
     step_s, comp, wire = mean("step_s"), mean("compress_s"), mean("comm_s")
     return {"payload_bytes": mean("bytes_sent"), "net_bytes": rec["net_bytes"] / len(rec["steps"]),
             "step_ms": 1e3 * step_s, "compress_ms": 1e3 * comp, "wire_ms": 1e3 * wire,
-            "compute_ms": 1e3 * max(step_s - comp - wire, 0.0), "time_to_target_s": reach,
+            "compute_ms": 1e3 * max(step_s - comp - wire, 0.0), "time_to_target_s": reach, "steps_to_target": reach_step,
             "final_acc": rec["curve"][-1]["acc"], "train_s": rec["curve"][-1]["time_s"],
             "loadavg": rec["loadavg"]}
 

@@ -52,7 +52,7 @@ class CommState:
     def path_for(self, n: int) -> str:
         """"auto": two-phase from 3 ranks up (with 2 it sends the same bytes and quantizes twice),
         and only for buckets big enough to split into one chunk per rank."""
-        if self.path == "allgather" or self.world_size < 2 or n < 16 * self.world_size:
+        if self.path == "allgather" or n < 16 * self.world_size:
             return "allgather"
         if self.path == "twophase":
             return "twophase"

@@ -4,7 +4,7 @@ Each bucket of ``bucket_size`` values is divided by its norm, so values lie in [
 stochastically rounded onto K evenly spaced points of [-1, 1]: K = 2**bits - 1 (s = K // 2
 non-zero levels per sign, zero included) for bits >= 2, and K = 2 ({-1, +1}) for bits = 1.
 Rounding up with probability equal to the distance from the lower point keeps E[Q(v)] = v.
-Wire format: 2 header bytes (coding, bits), one float32 norm per bucket, then either every code
+Wire format (version 1): 2 header bytes (version << 4 | coding, bits), one float32 norm per bucket, then either every code
 packed at ``bits`` bits ("dense") or only the non-zero codes with their indices ("sparse");
 ``coding="auto"`` sends whichever is smaller. Sparse indices travel as Golomb-Rice coded gaps
 (entropy coding in the spirit of QSGD's Elias coding), non-zero codes without the zero level. Optional clipping (``clip``, see LPC) happens
@@ -18,6 +18,9 @@ from slimkit.comm.packing import (ByteReader, pack_bits, packed_nbytes, rice_dec
                                   unpack_bits)
 
 _DENSE, _SPARSE = 0, 1
+# Wire format version, in the high 4 bits of header byte 0 (the low 4 bits are the coding). Version 0
+# (no version bits) is the same layout, written before the version existed; both decode.
+WIRE_VERSION = 1
 _FMAX = torch.finfo(torch.float32).max
 
 
@@ -135,7 +138,8 @@ class QSGD(Compressor):
         sparse = self._sparse_parts(codes, bits) if coding != "dense" else None
         if coding == "auto":
             coding = "sparse" if sum(p.numel() for p in sparse) < packed_nbytes(n, bits) else "dense"
-        head = torch.tensor([_SPARSE if coding == "sparse" else _DENSE, bits], dtype=torch.uint8)
+        head = torch.tensor([(WIRE_VERSION << 4) | (_SPARSE if coding == "sparse" else _DENSE), bits],
+                            dtype=torch.uint8)
         parts = [head, to_bytes(scales.float())]
         parts += sparse if coding == "sparse" else [pack_bits(codes, bits, check=False)]
         return torch.cat(parts), self.dequantize(codes, scales, bits, n)
@@ -156,7 +160,11 @@ class QSGD(Compressor):
 
     def decompress(self, payload, numel):
         r = ByteReader(payload)
-        coding, bits = r.take(2).tolist()
+        head, bits = r.take(2).tolist()
+        version, coding = head >> 4, head & 15
+        if version > WIRE_VERSION:
+            raise ValueError(f"{self.name} payload has wire format version {version}; this slimkit reads "
+                             f"versions 0..{WIRE_VERSION} (upgrade slimkit on every rank)")
         size = self.bucket_size or max(numel, 1)
         nb = max(1, -(-numel // size))
         scales = r.take_as(nb, torch.float32)

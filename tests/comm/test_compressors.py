@@ -198,3 +198,18 @@ def test_own_decoded_values_equal_decoding_the_payload(bits, n, bucket, coding, 
         for _ in range(2):
             payload = c.compress(x, [("a", n)])
             assert torch.equal(c.decompress_own(payload, n), c.decompress(payload, n))
+
+
+@pytest.mark.parametrize("coding", ["dense", "sparse"])
+def test_wire_format_version_is_checked_and_version_0_still_decodes(coding):
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(3)) * torch.rand(1000).pow(4)
+    c = comm.create_compressor("qsgd", bits=4, coding=coding)
+    payload = c.compress(x)
+    assert int(payload[0]) >> 4 == 1  # version 1 in the high bits of the first header byte
+    old = payload.clone()
+    old[0] &= 15  # the same layout as written before the version existed
+    assert torch.equal(c.decompress(old, 1000), c.decompress(payload, 1000))
+    future = payload.clone()
+    future[0] = (2 << 4) | (int(payload[0]) & 15)
+    with pytest.raises(ValueError, match="wire format version 2; this slimkit reads versions 0..1"):
+        c.decompress(future, 1000)
