@@ -140,6 +140,7 @@ class MemoryPlan:
     activation_bytes_after: int
     wrapped: list = field(default_factory=list)
     blocks: list = field(default_factory=list)  # the per-block cost model (BlockCost)
+    predicted_peak_bytes: int = 0  # cost model's saved bytes at their highest during backward (predicted_peak)
 
     @property
     def fits(self):
@@ -173,8 +174,9 @@ def _sequentials(model):
     return out
 
 
-def _time_forward(module, x, repeats=3):
-    """Median forward time (the recompute price) of ``module`` on ``x``."""
+def _time_forward(module, x, repeats=5):
+    """Forward time (the recompute price) of ``module`` on ``x``: the fastest of ``repeats`` runs, which other load
+    on the machine can only lengthen."""
     times = []
     with torch.no_grad():
         module(x)
@@ -186,7 +188,7 @@ def _time_forward(module, x, repeats=3):
             if x.is_cuda:
                 torch.cuda.synchronize(x.device)
             times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    return min(times)
 
 
 def plan_memory(model, example_batch):
@@ -222,9 +224,10 @@ def plan_memory(model, example_batch):
     return costs
 
 
-def _segment_options(blocks, cuda):
+def _segment_options(blocks, cuda, cap=None):
     """Pareto front of (bytes saved, recompute seconds, segments) over the ways to wrap contiguous runs of
-    ``blocks`` (whole Sequential included): a DP over prefixes that keeps only undominated choices."""
+    ``blocks`` (whole Sequential included; recomputed segments holding at most ``cap`` bytes at once): a DP over
+    prefixes that keeps only undominated choices."""
     n = len(blocks)
     fronts = [[] for _ in range(n + 1)]
     fronts[0] = [(0, 0.0, ())]
@@ -244,6 +247,8 @@ def _segment_options(blocks, cuda):
             action, price = "checkpoint", secs
             if cuda and 2 * inner / PCIE_BYTES_PER_S < secs:
                 action, price = "offload", 2 * inner / PCIE_BYTES_PER_S
+            if action == "checkpoint" and cap is not None and inner > cap:
+                break  # longer segments from j only hold more
             seg = SegmentCost("", saved, price, action, inner)
             fronts[k].extend((b + saved, t + price, segs + ((j, k, seg),)) for b, t, segs in fronts[j])
         fronts[j + 1] = _pareto(fronts[j + 1])
@@ -261,23 +266,74 @@ def _pareto(options):
     return out
 
 
-def _choose(costs, need_bytes, cuda):
-    """The cheapest combination (fewest recompute seconds) over all Sequentials that saves >= need_bytes."""
+def _cheapest(costs, need_bytes, cuda, cap):
+    """The combination with the fewest recompute seconds over all Sequentials that saves >= need_bytes (or the
+    most-saving one when none does)."""
     combined = [(0, 0.0, ())]
     for path, blocks in costs.items():
-        opts = _segment_options(blocks, cuda)
+        opts = _segment_options(blocks, cuda, cap)
         combined = _pareto([(b1 + b2, t1 + t2, s1 + tuple((path, j, k, seg) for j, k, seg in s2))
                             for b1, t1, s1 in combined for b2, t2, s2 in opts])
     feasible = [o for o in combined if o[0] >= need_bytes]
     return min(feasible, key=lambda o: o[1]) if feasible else max(combined, key=lambda o: o[0])
 
 
-def apply_memory_budget(model, example_batch, budget_bytes, *, return_plan=False, max_replans=4):
+def predicted_peak(costs, segments, before_bytes):
+    """Saved-activation bytes at their highest during a step under a plan: after the forward, or while a segment
+    is recomputed in backward (what the blocks before it still keep + all of its own activations). Blocks are
+    taken in forward order (Sequentials in module order); bytes outside them are counted as kept from the start."""
+    starts = {(path, j): (k, seg) for path, j, k, seg in segments}
+    kept = before_bytes - sum(max(b.saved_bytes - b.input_bytes, 0) for row in costs.values() for b in row)
+    peak = 0
+    for path, blocks in costs.items():
+        j = 0
+        while j < len(blocks):
+            if (path, j) in starts:
+                k, seg = starts[(path, j)]
+                if seg.action == "checkpoint":
+                    peak = max(peak, kept + seg.inner_bytes)
+                kept += blocks[k - 1].output_bytes
+                j = k
+            else:
+                kept += max(blocks[j].saved_bytes - blocks[j].input_bytes, 0)
+                j += 1
+    return max(peak, kept)
+
+
+def _choose(costs, need_bytes, cuda, limit_bytes=None, before_bytes=0):
+    """The cheapest plan saving >= need_bytes. With ``limit_bytes``, also keep the predicted backward peak under
+    it: recomputed segments are capped in size, trying every cap, and the cheapest plan within the limit wins
+    (else the one with the lowest predicted peak)."""
+    if limit_bytes is None:
+        return _cheapest(costs, need_bytes, cuda, None)
+    inners = sorted({sum(max(b.saved_bytes - b.input_bytes, 0) for b in row[j:k]) + row[j].input_bytes
+                     for row in costs.values() for j in range(len(row)) for k in range(j + 1, len(row) + 1)})
+    if len(inners) > 64:  # enough caps to find the plan; keeps planning fast on long Sequentials
+        inners = [inners[round(i * (len(inners) - 1) / 63)] for i in range(64)]
+    best, lowest = None, None
+    for cap in [None] + inners[::-1]:
+        option = _cheapest(costs, need_bytes, cuda, cap)
+        if option[0] < need_bytes:
+            continue
+        peak = predicted_peak(costs, option[2], before_bytes)
+        if peak <= limit_bytes and (best is None or option[1] < best[1]):
+            best = option
+        if lowest is None or peak < lowest[0]:
+            lowest = (peak, option)
+    if best is not None:
+        return best
+    return lowest[1] if lowest else _cheapest(costs, need_bytes, cuda, None)
+
+
+def apply_memory_budget(model, example_batch, budget_bytes, *, return_plan=False, max_replans=4, peak=True):
     """A copy of ``model`` whose training-time memory (weights + grads + saved activations) fits ``budget_bytes``.
 
     Plans with the per-block cost model (``plan_memory``): among all ways to wrap contiguous runs of blocks of each
     ``nn.Sequential`` - whole stages included - it takes the one with the least predicted recompute time that
     saves enough bytes, then measures the result; if the prediction was optimistic it re-plans for the shortfall.
+    ``peak=True`` also keeps the predicted peak during backward (a recomputed segment holds all its activations at
+    once) under the budget; ``peak=False`` bounds only what the forward leaves saved (longer segments, fewer kept
+    boundaries, a higher backward peak).
     Raises ``SlimkitError`` when the weights and gradients alone exceed the budget, or when no plan fits.
     """
     budget_bytes = int(budget_bytes)
@@ -287,11 +343,11 @@ def apply_memory_budget(model, example_batch, budget_bytes, *, return_plan=False
                            f"({2 * weights:,} B)")
     model = copy.deepcopy(model)
     with _bn_stats_restored(model):  # the planning forwards must not move the copy's BatchNorm statistics
-        plan = _fit_plan(model, example_batch, budget_bytes, weights, max_replans)
+        plan = _fit_plan(model, example_batch, budget_bytes, weights, max_replans, peak)
     return (model, plan) if return_plan else model
 
 
-def _fit_plan(model, example_batch, budget_bytes, weights, max_replans):
+def _fit_plan(model, example_batch, budget_bytes, weights, max_replans, peak):
     before = measure_activation_memory(model, example_batch)
     plan = MemoryPlan(budget_bytes, weights, before, before)
     if plan.fits:
@@ -301,7 +357,8 @@ def _fit_plan(model, example_batch, budget_bytes, weights, max_replans):
     seqs = dict(_sequentials(model))
     need = before - (budget_bytes - 2 * weights)
     for _ in range(max_replans):
-        saved, _, segments = _choose(costs, need, example_batch.is_cuda)
+        limit = budget_bytes - 2 * weights if peak else None
+        saved, _, segments = _choose(costs, need, example_batch.is_cuda, limit, before)
         replacements = {}
         plan.wrapped = []
         for path, j, k, seg in sorted(segments, key=lambda s: (s[0], s[1])):
@@ -309,6 +366,7 @@ def _fit_plan(model, example_batch, budget_bytes, weights, max_replans):
             plan.wrapped.append(dataclasses.replace(seg, path=f"{path}[{j}:{k}]"))
         _rebuild(model, replacements)
         plan.activation_bytes_after = measure_activation_memory(model, example_batch)
+        plan.predicted_peak_bytes = predicted_peak(costs, segments, before)
         if plan.fits or saved < need:  # fits, or nothing saves more
             break
         need += plan.activation_bytes_after - (budget_bytes - 2 * weights)  # the model was optimistic

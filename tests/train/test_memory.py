@@ -115,3 +115,20 @@ def test_budget_plan_leaves_batchnorm_statistics_alone_and_reports_its_cost():
     assert len(got) == len(stats)
     for a, b in zip(stats.values(), got.values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_peak_aware_plan_splits_a_segment_whose_recompute_would_break_the_budget():
+    from slimkit.train.memory import BlockCost, _choose, predicted_peak
+
+    costs = {"S": [BlockCost(f"S[{i}]", 10, 2, 2, 1.0) for i in range(4)]}
+    before = 4 * 8 + 5  # 8 B kept per block + 5 B outside the Sequential
+    whole, halves = [("S", 0, 4)], [("S", 0, 2), ("S", 2, 4)]
+
+    def plan(segs):
+        from slimkit.train.memory import SegmentCost
+        return [(p, j, k, SegmentCost("", 0, 0.0, "checkpoint", 8 * (k - j) + 2)) for p, j, k in segs]
+    # whole: 5 B outside + all 34 B at once while recomputing; halves: 5 + 18, then 5 + 2 + 18
+    assert predicted_peak(costs, plan(whole), before) == 39
+    assert predicted_peak(costs, plan(halves), before) == 25
+    _, _, segs = _choose(costs, 28, cuda=False, limit_bytes=30, before_bytes=before)
+    assert sorted((p, j, k) for p, j, k, _ in segs) == halves
