@@ -4,6 +4,8 @@ Example: slimkit compress --model resnet20 --checkpoint ckpt.th --data cifar10:c
          --recipe "fold,prune(macs=0.5),distill(k=10)" --out runs/compress
 A seeded class-balanced --test-fraction of --data is held out for accuracy (unless the spec has its own
 ?holdout=); K images per class of the rest are the few-shot set. The checkpoint file is only read.
+--out must be empty (or --overwrite given); it is checked before any work, and all outputs are written
+to a staging folder and moved in together at the end, so an interrupted run leaves earlier results intact.
 """
 import json
 import os
@@ -14,7 +16,8 @@ def add_arguments(p):
     p.add_argument("--checkpoint", default=None, help="weights to load (read only)")
     p.add_argument("--data", default=None, help="slimkit.data spec, e.g. cifar10:cifar10_train.npz; omit = data-free")
     p.add_argument("--recipe", required=True, help='e.g. "fold,prune(macs=0.5),distill(k=10)" or a .yaml file')
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help="output directory (must be empty unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
     p.add_argument("--k", type=int, default=10, help="few-shot images per class (default 10)")
     p.add_argument("--test-fraction", type=float, default=0.1,
                    help="hold out a seeded class-balanced FRACTION of --data for accuracy (default 0.1; a ?holdout= "
@@ -57,7 +60,10 @@ def run(args):
     from slimkit.report.html import write_html
     from slimkit.report.plots import pareto_plot
 
+    from slimkit._io import check_out_dir, staged_outputs
+
     recipe = load_recipe(args.recipe)  # fail on a bad recipe before any heavy work
+    out_dir = check_out_dir(args.out, flag="--out", overwrite=args.overwrite)
     if args.checkpoint and not os.path.exists(args.checkpoint):
         raise FileNotFoundError(f"--checkpoint: no file at {args.checkpoint!r}")
     info = get_model_info(args.model)
@@ -73,27 +79,34 @@ def run(args):
     batches = tuple(int(b) for b in args.latency_batches.split(",") if b.strip())
     result = compress(model, example, recipe, data=few, eval_data=evalset, progress=not args.no_progress,
                       latency_batches=batches)
-    os.makedirs(args.out, exist_ok=True)
-    model_path = save(result.model, os.path.join(args.out, "model" + default_suffix(result.model)), example)
     rep = result.report
-    with open(os.path.join(args.out, "recipe.yaml"), "w") as f:
-        f.write(recipe_to_yaml(recipe))
-    with open(os.path.join(args.out, "report.json"), "w") as f:
-        json.dump(rep.to_dict(), f, indent=1, default=str)
-    md = rep.to_markdown() + (
-        f"\nModel: `{args.model}` (checkpoint `{args.checkpoint}`). Data: {data_desc}. "
-        f"Saved model: `{os.path.basename(model_path)}` (load with `slimkit.compress.load` or plain torch/ONNX Runtime).\n")
-    with open(os.path.join(args.out, "report.md"), "w") as f:
-        f.write(md)
-    images = []
-    if rep.before.accuracy is not None:
-        lat = {k: v["median_ms"] for k, v in rep.latency.items()}
-        b = batches[0] if batches else None
-        pts = [dict(label="before", accuracy=100 * rep.before.accuracy, macs=rep.before.macs, latency_ms=lat.get(f"before@b{b}"))]
-        pts += [dict(label=r.name, accuracy=100 * r.stats.accuracy, macs=r.stats.macs,
-                     latency_ms=lat.get(f"after@b{b}") if i == len(rep.passes) - 1 else None) for i, r in enumerate(rep.passes)]
-        images.append(pareto_plot(pts, os.path.join(args.out, "pareto.png"), title=f"{args.model}: accuracy vs cost"))
-    write_html(os.path.join(args.out, "report.html"), f"slimkit compress: {args.model}", md, images)
+    model_name = "model" + default_suffix(result.model)
+    with staged_outputs(out_dir, stale=OUTPUTS) as stage:
+        save(result.model, stage.path(model_name), example)
+        with open(stage.path("recipe.yaml"), "w") as f:
+            f.write(recipe_to_yaml(recipe))
+        with open(stage.path("report.json"), "w") as f:
+            json.dump(rep.to_dict(), f, indent=1, default=str)
+        md = rep.to_markdown() + (
+            f"\nModel: `{args.model}` (checkpoint `{args.checkpoint}`). Data: {data_desc}. "
+            f"Saved model: `{model_name}` (load with `slimkit.compress.load` or plain torch/ONNX Runtime).\n")
+        with open(stage.path("report.md"), "w") as f:
+            f.write(md)
+        images = []
+        if rep.before.accuracy is not None:
+            lat = {k: v["median_ms"] for k, v in rep.latency.items()}
+            b = batches[0] if batches else None
+            pts = [dict(label="before", accuracy=100 * rep.before.accuracy, macs=rep.before.macs,
+                        latency_ms=lat.get(f"before@b{b}"))]
+            pts += [dict(label=r.name, accuracy=100 * r.stats.accuracy, macs=r.stats.macs,
+                         latency_ms=lat.get(f"after@b{b}") if i == len(rep.passes) - 1 else None)
+                    for i, r in enumerate(rep.passes)]
+            images.append(pareto_plot(pts, stage.path("pareto.png"), title=f"{args.model}: accuracy vs cost"))
+        write_html(stage.path("report.html"), f"slimkit compress: {args.model}", md, images)
     print(md)
-    print(f"wrote {model_path}, report.md, report.html to {args.out}")
+    print(f"wrote {os.path.join(args.out, model_name)}, report.md, report.html to {args.out}")
     return 0
+
+
+# Every file a compress run writes; with --overwrite the ones this run did not write are removed.
+OUTPUTS = ("model.pt2", "model.onnx", "recipe.yaml", "report.json", "report.md", "report.html", "pareto.png")

@@ -5,12 +5,16 @@
   ``torch.export.load("model.pt2").module()(x)``. The batch dimension is dynamic.
 - ONNX Runtime modules (the int8 pass) -> ``.onnx``: open with ``onnxruntime.InferenceSession(path)``.
 
-``load(path)`` returns an nn.Module-callable in both cases.
+``load(path)`` returns an nn.Module-callable in both cases. It never runs code from the file: a ``.pt2``
+is checked against an allowlist before loading (see :mod:`slimkit.compress._safe_load`), an ``.onnx``
+must parse and carry its weights inside; anything else raises CheckpointError naming the file.
+``save`` writes atomically (temp file, fsync, rename): an interrupted save leaves the old file intact.
 """
 import os
 
 import torch
 
+from slimkit._io import atomic_path, atomic_write
 from slimkit.errors import CheckpointError, SlimkitError
 
 
@@ -34,7 +38,7 @@ def save(model, path, example_inputs):
         raise SlimkitError(f"save: a {type(model).__name__} is saved as '{want}', got path {path!r}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if isinstance(model, OrtModule):
-        with open(path, "wb") as f:
+        with atomic_write(path, "wb") as f:
             f.write(model.onnx_bytes)
         return path
     inputs = _as_tuple(example_inputs)
@@ -49,7 +53,8 @@ def save(model, path, example_inputs):
         raise SlimkitError(f"save: torch.export could not trace {type(model).__name__}: {err}") from err
     finally:
         model.train(was_training)
-    torch.export.save(ep, path)
+    with atomic_path(path) as tmp:
+        torch.export.save(ep, tmp)
     return path
 
 
@@ -59,13 +64,21 @@ def load(path):
     if not os.path.exists(path):
         raise FileNotFoundError(f"no saved model at {path!r}")
     if path.endswith(".onnx"):
+        from slimkit.compress._safe_load import check_onnx
         from slimkit.compress.int8 import OrtModule
 
         with open(path, "rb") as f:
-            return OrtModule(f.read(), kind="onnx")
-    if path.endswith(".pt2"):
+            data = f.read()
+        check_onnx(data, path)
         try:
-            return torch.export.load(path).module()
-        except Exception as err:  # noqa: BLE001
-            raise CheckpointError(f"{path!r} is not a readable torch.export .pt2 archive: {err}") from err
+            return OrtModule(data, kind="onnx")
+        except SlimkitError:
+            raise
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise CheckpointError(f"{path} is not an ONNX model ONNX Runtime can run: {type(err).__name__}: "
+                                  f"{str(err).splitlines()[0] if str(err) else ''}") from None
+    if path.endswith(".pt2"):
+        from slimkit.compress._safe_load import load_pt2
+
+        return load_pt2(path)
     raise CheckpointError(f"load: expected a .pt2 or .onnx file, got {path!r}")

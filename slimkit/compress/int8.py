@@ -183,6 +183,10 @@ def int8(model, example_inputs, config, context=None):
     _require_ort()
     if isinstance(model, OrtModule):
         raise SlimkitError("int8: the model is already an ONNX Runtime module; int8 must be the last pass")
+    floats = {str(t.dtype) for t in [*model.parameters(), *model.buffers(), *_as_tuple(example_inputs)]
+              if torch.is_tensor(t) and t.is_floating_point()}
+    if floats - {"torch.float32"}:  # ORT's CPU kernels and quantizer are float32 (no float64 Conv)
+        raise SlimkitError(f"int8: needs a float32 model and inputs, got {sorted(floats)}; call model.float() first")
     onnx_bytes = model.onnx_bytes if isinstance(model, OrtModule) else export_onnx(model, example_inputs)
     names = [f"input{i}" for i in range(len(_as_tuple(example_inputs)))]
     feeds = _calibration_feeds(example_inputs, context, config, names)

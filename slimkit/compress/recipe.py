@@ -145,7 +145,7 @@ def parse_recipe(recipe):
                         _fail(f"argument {arg!r} of pass {m.group(1)!r} is not FIELD=VALUE")
                     kwargs[key.strip()] = _parse_value(val.strip())
             out.append(make_config(m.group(1), **kwargs))
-        return out
+        return _check_order(out)
     if isinstance(recipe, dict) and "recipe" in recipe:
         return parse_recipe(recipe["recipe"])
     if isinstance(recipe, (list, tuple)):
@@ -162,8 +162,18 @@ def parse_recipe(recipe):
                 _fail(f"recipe item {item!r} is not a pass config, a pass string or a one-key mapping")
         if not out:
             _fail("empty recipe")
-        return out
+        return _check_order(out)
     _fail(f"expected a recipe string, list or PassConfig, got {type(recipe).__name__}")
+
+
+def _check_order(configs):
+    """int8 turns the model into an ONNX Runtime module no later pass can change: refuse it anywhere but
+    last now, not after int8 has run."""
+    names = [c.name for c in configs]
+    if "int8" in names[:-1]:
+        _fail(f"int8 must be the last pass (it returns an ONNX Runtime module that later passes cannot change); "
+              f"got {','.join(names)}")
+    return configs
 
 
 def _format_value(value):
