@@ -235,12 +235,15 @@ def compression_hook(state: CommState, bucket):
     c1, c2 = state.compressor, state.compressor2
     if isinstance(c1, Auto):
         key = (bucket.index(), n)
-        choice = c1.decide(key, flat, segments, state.world_size, state.process_group, path,
+        # with path="auto" the policy weighs both paths (two-phase only from 3 ranks, as path_for)
+        paths = ["allgather", "twophase"] if state.path == "auto" and path == "twophase" else [path]
+        choice = c1.decide(key, flat, segments, state.world_size, state.process_group, paths,
                            chunk_bounds(n, state.world_size))
         _flush_left(state, key, choice, flat, segments)
         if choice in DENSE:
             return _dense_allreduce(state, buf, flat, layout, choice, t0)
-        c1, c2 = c1.candidates[choice], c2.candidates[choice]
+        name, path = choice.rsplit("|", 1)
+        c1, c2 = c1.candidates[name], c2.candidates[name]
     if path == "twophase":
         return _two_phase(state, c1, c2, buf, flat, segments, layout, t0)
     return _all_gather_path(state, c1, buf, flat, segments, layout, t0)
@@ -251,10 +254,10 @@ def _flush_left(state, key, choice, flat, segments):
     (what it still owed this rank's gradient) to the gradient sent now."""
     last = state.auto_last.get(key)
     state.auto_last[key] = choice
-    if last is None or last == choice or last in DENSE:
+    if last is None or last.split("|")[0] == choice.split("|")[0] or last in DENSE:
         return
-    errors = getattr(getattr(state.compressor.candidates[last], "quantizer", state.compressor.candidates[last]),
-                     "errors", None)
+    left = state.compressor.candidates[last.split("|")[0]]
+    errors = getattr(getattr(left, "quantizer", left), "errors", None)
     if not errors:
         return
     pos = 0

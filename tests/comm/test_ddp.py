@@ -240,5 +240,5 @@ def test_auto_takes_the_same_choice_on_every_rank(world, runs, runs4):
         assert all(torch.equal(r[name]["params"], ranks[0][name]["params"]) for r in ranks[1:])
     assert ranks[0]["auto_fast"]["choices"] == ["fp32"]  # one bucket, after DDP's rebuild
     torch.testing.assert_close(ranks[0]["auto_fast"]["params"], ranks[0]["ref_plain"]["params"], rtol=1e-5, atol=1e-6)
-    assert ranks[0]["auto_slow"]["choices"][0] != "fp32"  # 100 KB/s: fp16 or a compressor pays
+    assert ranks[0]["auto_slow"]["choices"][0].startswith("ecq(")  # 100 KB/s: a compressor pays
     assert 0 < ranks[0]["auto_slow"]["stats"]["bytes_sent"] < ranks[0]["auto_fast"]["stats"]["bytes_sent"]
