@@ -23,6 +23,8 @@ _OPTIONS = [
     ("--lr-schedule", "lr_schedule", str, "none | cosine | step"),
     ("--loss", "loss", str, "ce | mse | huber"),
     ("--grad-clip", "grad_clip", float, "clip the global gradient L2 norm to this value"),
+    ("--on-nonfinite", "on_nonfinite", str, "NaN/Inf loss or gradients: raise (stop, the default) | skip (drop the "
+                                            "step, counted in the log)"),
     ("--sampler", "sampler", str, "mini-batch sampler name (slimkit.train.sampling)"),
     ("--sampler-opts", "sampler_options", str, "sampler options k=v,k=v"),
     ("--memory-budget", "memory_budget", str, "training memory budget, e.g. 2GB or 512MiB"),
@@ -41,6 +43,7 @@ _OPTIONS = [
     ("--config", "config", str, "YAML file of settings (TrainConfig keys plus model, data, checkpoint)"),
 ]
 _FLAGS = [("--resume", "resume", "continue from OUT/checkpoint.pt (the last complete epoch)"),
+          ("--overwrite", "overwrite", "replace the results of an earlier run in --out (default: refuse)"),
           ("--no-progress", "no_progress", "no progress bars")]
 _RUN_KEYS = ("model", "data", "checkpoint", "nproc", "model_options", "timeout", "max_restarts")  # the command's, not TrainConfig's
 
@@ -148,20 +151,33 @@ def run(args) -> int:
         os.environ[launch.TIMEOUT_ENV] = str(launch.check_timeout(run_opts["timeout"]))
     if int(run_opts.get("max_restarts") or 0) < 0:
         raise ValueError(f"--max-restarts must be >= 0, got {run_opts['max_restarts']}")
-    if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return _relaunch(args, nproc, int(run_opts.get("max_restarts") or 0), run_opts.get("timeout"))
     settings.setdefault("out_dir", os.path.join("runs", "train", model_name))
     launch.restart_resume(settings, settings["out_dir"])  # restarted by torchrun: from the last checkpoint
     settings["meta"] = {**settings.get("meta", {}), "model": model_name, "data": data_spec,
                         "checkpoint": run_opts.get("checkpoint"), "model_options": run_opts.get("model_options")}
-    config = config_from_dict(settings)  # validates names and values before any data is loaded
-    _check_optimizer(config.optimizer)
+    # Everything that can be checked without the data is checked here, before torchrun starts workers
+    # (one line and exit code 2, not a worker traceback) and before the data is read.
+    config = config_from_dict(settings)
+    _check_optimizer(config.optimizer, config.optimizer_options)
     from slimkit.models import get_model_info
     from slimkit.train.trainer import _lazy
 
-    get_model_info(model_name)  # unknown model: one-line error before the data is read
+    get_model_info(model_name)
+    if config.compress:
+        _lazy("slimkit.comm", "parse_compressor", "--compress")(config.compress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        from slimkit._io import check_out_dir
+
+        check_out_dir(config.out_dir, flag="--out", overwrite=config.overwrite, existing_ok=bool(config.resume))
+    if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return _relaunch(args, nproc, int(run_opts.get("max_restarts") or 0), run_opts.get("timeout"))
     load_dataset = _lazy("slimkit.data", "load_dataset", "--data")
     splits = load_dataset(data_spec)
+    dropped = (getattr(splits, "meta", None) or {}).get("dropped")
+    if dropped and int(os.environ.get("RANK", "0")) == 0:
+        from slimkit.data.validate import dropped_text
+
+        print(f"data: {dropped_text(dropped)}", flush=True)
     import torch
 
     torch.manual_seed(config.seed)  # the model's initial weights depend on the seed too
@@ -186,9 +202,18 @@ def run(args) -> int:
     return 0
 
 
-def _check_optimizer(name):
-    from slimkit.train.optim import list_optimizers
+def _check_optimizer(name, options=None):
+    """Unknown optimizer names and options fail here, before any data is read."""
+    import torch
+
+    from slimkit.train.optim import create_optimizer, list_optimizers
 
     if name not in list_optimizers():
         raise ValueError(f"unknown optimizer {name!r}; known optimizers: {', '.join(list_optimizers())}")
+    try:  # a throw-away parameter: options are checked by the optimizer itself
+        create_optimizer(name, [torch.nn.Parameter(torch.zeros(2))], **(options or {}))
+    except TypeError as err:
+        raise ValueError(f"--optim-opts {options}: optimizer {name!r} rejects them ({err})") from None
+    except ValueError as err:
+        raise ValueError(f"--optim-opts {options}: {err}") from None
 

@@ -8,11 +8,11 @@ e.g. the gradient compressor's error buffers). Anything that goes wrong while re
 """
 import os
 import random
-import tempfile
 
 import numpy as np
 import torch
 
+from slimkit._io import atomic_write
 from slimkit.errors import CheckpointError
 
 FORMAT = "slimkit.train/1"
@@ -25,26 +25,8 @@ def save_checkpoint(path, state: dict) -> str:
     A crash at any point leaves either the old file or the new one, never a torn file.
     """
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    # fsync the directory so the rename itself survives a power cut (POSIX only).
-    if hasattr(os, "O_DIRECTORY"):
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    with atomic_write(path, "wb") as f:  # also fsyncs the folder, so the rename survives a power cut
+        torch.save({"format": FORMAT, **state}, f)
     return path
 
 

@@ -5,9 +5,15 @@ configured: the optimizer registry (``slimkit.train.optim``), samplers (``slimki
 the memory planner (``slimkit.train.memory``) and gradient compression (``slimkit.comm``).
 Everything a run produces goes to ``out_dir``: ``config.yaml`` (resolved config), ``metrics.csv`` and
 ``metrics.jsonl`` (one row per epoch), ``checkpoint.pt`` (last complete epoch) and ``model.pt``.
+
+Fault handling: ``out_dir`` must be empty unless ``overwrite`` or ``resume`` is set; every file is written
+atomically (temp + fsync + rename); a resumed run must match the checkpoint's settings; a NaN/Inf loss
+or gradient stops the run (``on_nonfinite="raise"``) or skips that step (``"skip"``, counted per epoch in
+``nonfinite_steps``), and a checkpoint never holds non-finite weights.
 """
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -23,12 +29,20 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 from tqdm import tqdm  # not tqdm.auto: its asyncio wrapper calls iter() on the DataLoader an extra time
 
-from slimkit.errors import CheckpointError, SlimkitError
+from slimkit import _io
+from slimkit.errors import CheckpointError, SlimkitError, TrainingError
 from slimkit.train import checkpoint as ckpt
 
 LOSSES = ("ce", "mse", "huber")
 SCHEDULES = ("none", "cosine", "step")
 LOG_FORMATS = ("csv", "jsonl")
+NONFINITE_POLICIES = ("raise", "skip")
+OUTPUT_FILES = ("config.yaml", "metrics.csv", "metrics.jsonl", "checkpoint.pt", "model.pt")
+# Settings a resumed run must share with its checkpoint; the others (epochs, eval/checkpoint cadence,
+# device, workers, progress, on_nonfinite) may change between the two.
+RESUME_MUST_MATCH = ("batch_size", "lr", "optimizer", "optimizer_options", "loss", "huber_delta", "lr_schedule",
+                     "lr_step_size", "lr_gamma", "grad_clip", "seed", "sampler", "sampler_options", "memory_budget",
+                     "compress", "tbptt")
 _COMM_COUNTERS = ("bytes_sent", "compress_s", "comm_s", "hook_calls")
 
 
@@ -38,7 +52,7 @@ class TrainConfig:
 
     epochs: int = 10
     batch_size: int = 64
-    lr: float = 0.1
+    lr: Optional[float] = None  # None: the optimizer's own default (sgd 0.01, adam 1e-3); resolved and saved
     optimizer: str = "sgd"
     optimizer_options: dict = field(default_factory=dict)  # extra kwargs for create_optimizer
     loss: str = "ce"  # "ce" | "mse" | "huber" (torch.nn.HuberLoss); mse/huber one-hot class targets
@@ -51,6 +65,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto" = CUDA when available, else CPU
     out_dir: Optional[str] = None  # None: no files, no checkpoints
+    overwrite: bool = False  # allow a non-empty out_dir (its earlier outputs are removed first)
+    on_nonfinite: str = "raise"  # NaN/Inf loss or gradients: "raise" stops the run, "skip" drops that step
     checkpoint_every: int = 1  # epochs; the last epoch is always checkpointed when out_dir is set
     eval_every: int = 1  # epochs; the last epoch is always evaluated
     log_format: str = "csv,jsonl"  # metrics files written to out_dir
@@ -72,8 +88,12 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "checkpoint_every", "eval_every", "lr_step_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.lr <= 0:
+        if self.lr is not None and not self.lr > 0:  # `not >` also catches NaN
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        _check_choice("on_nonfinite", self.on_nonfinite, NONFINITE_POLICIES)
+        check_device(self.device)
+        if not isinstance(self.optimizer_options, dict) or not isinstance(self.sampler_options, dict):
+            raise ValueError("optimizer_options and sampler_options must be mappings of option names to values")
         if self.tbptt is not None and int(self.tbptt) < 1:
             raise ValueError(f"tbptt (chunk length in time steps) must be a positive integer or None, got {self.tbptt!r}")
         if self.grad_clip is not None and self.grad_clip <= 0:
@@ -89,6 +109,21 @@ class TrainConfig:
 def _check_choice(name, value, choices):
     if value not in choices:
         raise ValueError(f"unknown {name} {value!r}; expected one of: {', '.join(choices)}")
+
+
+def check_device(device):
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; a GPU that is not there is an error, not a traceback."""
+    m = re.fullmatch(r"(auto|cpu|mps|cuda)(?::(\d+))?", str(device))
+    if not m or (m.group(2) is not None and m.group(1) != "cuda"):
+        raise ValueError(f"unknown device {device!r}; expected auto, cpu, cuda, cuda:N or mps")
+    if m.group(1) == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available here (torch.cuda.is_available() is False); "
+                             "use --device cpu or auto")
+        if m.group(2) is not None and int(m.group(2)) >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    if m.group(1) == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r}: MPS is not available here; use --device cpu or auto")
 
 
 def config_to_dict(config: TrainConfig) -> dict:
@@ -291,6 +326,8 @@ class Trainer:
             self.register_stateful("comm", self.comm_state)
         self.net = model
         self.optimizer = _create_optimizer(cfg, model.parameters())
+        if cfg.lr is None and "lr" in self.optimizer.param_groups[0]:  # saved and compared on resume as a number
+            self.config = cfg = dataclasses.replace(cfg, lr=float(self.optimizer.param_groups[0]["lr"]))
         self.needs_closure = bool(getattr(self.optimizer, "needs_closure", False))
         if cfg.lr_schedule == "cosine":
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
@@ -318,6 +355,7 @@ class Trainer:
 
     def _save(self):
         """Collective in DDP runs (every rank calls it); rank 0 writes one file holding every rank's state."""
+        self._check_finite_weights("saving the checkpoint")
         local = self._local_state()
         ranks = [local]
         if self.world > 1:
@@ -346,6 +384,7 @@ class Trainer:
         if path is None:
             raise CheckpointError("resume needs out_dir (to find checkpoint.pt) or a checkpoint path")
         state = ckpt.load_checkpoint(path, map_location=self.device)
+        self._check_resume_config(state.get("config") or {}, path)
         ranks = state.get("ranks") or []
         # Same world size: each rank takes back its own streams and buffers; otherwise rank 0's.
         local = ranks[self.rank] if len(ranks) == self.world else {"rng": state["rng"],
@@ -366,17 +405,64 @@ class Trainer:
         ckpt.set_rng_state(local["rng"])
         self.epoch, self.step, self.history = int(state["epoch"]), int(state["step"]), list(state.get("history", []))
 
+    def _check_resume_config(self, stored, path):
+        """Refuse to continue a run under other settings (a different optimizer would crash on its state,
+        different data would continue silently), before anything is written."""
+        now = config_to_dict(self.config)
+        diffs = [f"{k}: {stored[k]!r} -> {now.get(k)!r}" for k in RESUME_MUST_MATCH
+                 if k in stored and stored[k] != now.get(k)]
+        old_meta, new_meta = stored.get("meta") or {}, self.config.meta or {}
+        diffs += [f"{k}: {old_meta[k]!r} -> {new_meta[k]!r}" for k in ("model", "data")
+                  if old_meta.get(k) is not None and new_meta.get(k) is not None and old_meta[k] != new_meta[k]]
+        if diffs:
+            raise CheckpointError(f"resume: {path} was written with other settings ({'; '.join(diffs)}); resume with "
+                                  "the same settings, or start a new run in another folder (its weights can seed it: "
+                                  f"--checkpoint {path})")
+
+    # ----------------------------------------------------------------------------- fault checks
+    def _check_finite_weights(self, when):
+        # Weights are the same on every rank (DDP), so all ranks raise together.
+        if not all(bool(torch.isfinite(t).all()) for t in self.core.state_dict().values() if t.is_floating_point()):
+            raise TrainingError(f"the model weights became NaN/Inf before {when} (epoch {self.epoch}); nothing was "
+                                f"written, {self.checkpoint_path or 'the last checkpoint'} still holds the last good "
+                                "epoch. Lower the learning rate or set grad_clip")
+
+    def _finite_step(self, loss) -> bool:
+        """After backward: True to take the optimizer step; False to skip it (on_nonfinite="skip"); or
+        TrainingError. Gradients are already averaged over ranks here, so every rank decides the same."""
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        grads_ok = not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        loss_ok = self.world > 1 or bool(torch.isfinite(loss).all())  # local loss: ranks could disagree
+        if grads_ok and loss_ok:
+            return True
+        if self.config.on_nonfinite == "skip":
+            self.optimizer.zero_grad(set_to_none=True)
+            self._skipped = True
+            return False
+        what = "loss" if not loss_ok else "gradients"
+        saved = (f"{self.checkpoint_path} (epoch {self.history[-1]['epoch']}) is intact" if self.history and
+                 self.checkpoint_path else "no checkpoint was written")
+        raise TrainingError(f"non-finite {what} (loss {float(loss.detach().float().mean()):.4g}) at epoch {self.epoch + 1}, "
+                            f"step {self.step + 1}; training stopped and {saved}. Lower the learning rate, set "
+                            "grad_clip, check the data, or skip such steps with on_nonfinite='skip' "
+                            "(--on-nonfinite skip)")
+
     # ----------------------------------------------------------------------------- training
     def fit(self) -> TrainResult:
         cfg = self.config
         self._setup_distributed()
         try:
+            if cfg.out_dir and self.is_main:  # before anything is written
+                _io.check_out_dir(cfg.out_dir, flag="out_dir", overwrite=cfg.overwrite, existing_ok=bool(cfg.resume))
             self._seed()
             self._build_loader()
             self._prepare_model()
+            cfg = self.config  # lr resolved to the optimizer's default
             self.epoch, self.step, self.history = 0, 0, []
             if cfg.resume:
                 self._resume()
+            elif cfg.out_dir and cfg.overwrite and self.is_main:
+                _io.remove_outputs(cfg.out_dir, OUTPUT_FILES)  # no stale file of the earlier run stays
             log = _MetricsLog(cfg, compress=self.comm_state is not None) if (cfg.out_dir and self.is_main) else None
             if log:
                 _write_yaml(os.path.join(cfg.out_dir, "config.yaml"),
@@ -401,6 +487,7 @@ class Trainer:
                     tqdm.write(_summary(row))
                 self._barrier()
             if cfg.out_dir and self.is_main:
+                self._check_finite_weights("saving model.pt")
                 with _anchored(self.optimizer):
                     _save_weights(self.core, os.path.join(cfg.out_dir, "model.pt"))
             return TrainResult(self.core, self.history, cfg, cfg.out_dir, self.checkpoint_path)
@@ -423,9 +510,11 @@ class Trainer:
         t0, n, loss_sum, correct, has_acc = time.perf_counter(), 0, 0.0, 0, True
         lr = self.optimizer.param_groups[0]["lr"]  # the lr this epoch ran with (the scheduler steps at its end)
         comm = {k: 0 for k in _COMM_COUNTERS} if self.comm_state is not None else None
+        skipped = 0
         bar = tqdm(self.loader, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not (cfg.progress and self.is_main))
         for batch in bar:
+            self._skipped = False
             loss, out, y = self._train_step(batch)
             if comm is not None:
                 if hasattr(self.comm_state, "observe_loss"):
@@ -433,6 +522,9 @@ class Trainer:
                 for k, v in (self.comm_state.pop_stats() or {}).items():
                     # counters add up over the epoch; a setting such as the current bit width is last-value
                     comm[k] = comm.get(k, 0) + v if k in _COMM_COUNTERS else v
+            if self._skipped:  # a NaN/Inf step under on_nonfinite="skip": not applied, not averaged
+                skipped += 1
+                continue
             n += len(y)
             loss_sum += float(loss) * len(y)
             c = _correct(out, y)
@@ -450,10 +542,10 @@ class Trainer:
             stats = stats.cpu()
         seconds = time.perf_counter() - t0
         row = {"epoch": self.epoch + 1, "step": self.step, "lr": lr,
-               "train_loss": float(stats[0] / stats[2]),
-               "train_accuracy": float(stats[1] / stats[2]) if has_acc else None,
+               "train_loss": float(stats[0] / stats[2]) if stats[2] else float("nan"),
+               "train_accuracy": float(stats[1] / stats[2]) if has_acc and stats[2] else None,
                "eval_loss": None, "eval_accuracy": None, "epoch_time_s": seconds,
-               "samples_per_s": float(stats[2]) / seconds}
+               "samples_per_s": float(stats[2]) / seconds, "nonfinite_steps": skipped}
         if comm is not None:
             row.update(comm)
         return row
@@ -474,6 +566,8 @@ class Trainer:
             return self._loss_backward(out, y, weights), out
 
         loss, out = forward_backward()
+        if not self._finite_step(loss):
+            return loss.detach(), out.detach(), y
         if self.reweights:
             # d(mean_i w_i l_i)/d(logits_i) = w_i/B * dl_i/d(logits_i): undo both to get ||dl_i/d(logits_i)||.
             g = out.grad.detach().flatten(1).norm(dim=1) * len(y) / weights.clamp_min(1e-12)
@@ -486,7 +580,6 @@ class Trainer:
             opt.step()
         self.step += 1
         return loss.detach(), out.detach(), y
-
 
     def _loss_backward(self, out, y, weights):
         """(Re-weighted) mean loss of ``out``; backward, then the configured gradient clipping."""
@@ -529,6 +622,9 @@ class Trainer:
                 return self._loss_backward(out, yc, weights), out, new_state
 
             loss, out, new_state = forward_backward()
+            if not self._finite_step(loss):
+                state = new_state
+                continue
             if self.needs_closure:
                 opt.step(lambda: forward_backward()[0])
             else:
@@ -570,39 +666,47 @@ def _lazy(module, attr, what):
 def _create_optimizer(cfg, params):
     from slimkit.train.optim import create_optimizer
 
-    return create_optimizer(cfg.optimizer, params, **{"lr": cfg.lr, **cfg.optimizer_options})
+    options = {**({"lr": cfg.lr} if cfg.lr is not None else {}), **cfg.optimizer_options}
+    try:
+        return create_optimizer(cfg.optimizer, params, **options)
+    except TypeError as err:  # e.g. optimizer_options={"banana": 3}: name the option, not a traceback
+        raise ValueError(f"optimizer {cfg.optimizer!r} does not accept options {sorted(cfg.optimizer_options)}: "
+                         f"{err}") from None
 
 
 class _MetricsLog:
     """metrics.csv and metrics.jsonl in out_dir, rewritten from the history on (re)start."""
 
     COLUMNS = ["epoch", "step", "lr", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy",
-               "epoch_time_s", "samples_per_s"]
+               "epoch_time_s", "samples_per_s", "nonfinite_steps"]
 
     def __init__(self, cfg, compress=False):
         os.makedirs(cfg.out_dir, exist_ok=True)
         self.formats = cfg.log_formats
         self.columns = self.COLUMNS + (list(_COMM_COUNTERS) + ["bits"] if compress else [])
         self.paths = {f: os.path.join(cfg.out_dir, "metrics." + f) for f in self.formats}
+        self.rows = []
 
     def reset(self, history):
         # Rows after the resumed checkpoint are dropped: those epochs run again.
-        if "csv" in self.paths:
-            with open(self.paths["csv"], "w", newline="") as f:
-                csv.DictWriter(f, self.columns, extrasaction="ignore").writeheader()
-        if "jsonl" in self.paths:
-            open(self.paths["jsonl"], "w").close()
-        for row in history:
-            self.append(row)
+        self.rows = list(history)
+        self._write()
 
     def append(self, row):
+        self.rows.append(row)
+        self._write()
+
+    def _write(self):
+        # Whole small files rewritten atomically each epoch: a crash never leaves a torn row.
         if "csv" in self.paths:
-            with open(self.paths["csv"], "a", newline="") as f:
-                clean = {k: ("" if v is None else v) for k, v in row.items()}
-                csv.DictWriter(f, self.columns, extrasaction="ignore").writerow(clean)
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, self.columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in self.rows)
+            _io.write_text(self.paths["csv"], buf.getvalue())
         if "jsonl" in self.paths:
-            with open(self.paths["jsonl"], "a") as f:
-                f.write(json.dumps({k: _json_safe(v) for k, v in row.items()}) + "\n")
+            _io.write_text(self.paths["jsonl"], "".join(
+                json.dumps({k: _json_safe(v) for k, v in row.items()}) + "\n" for row in self.rows))
 
 
 def _json_safe(v):
@@ -624,18 +728,10 @@ def _summary(row):
 def _write_yaml(path, data):
     import yaml
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        yaml.safe_dump(data, f, sort_keys=False)
+    _io.write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def _save_weights(model, path):
     # Same atomic write as checkpoints, but a bare state_dict that create_model(checkpoint=) can load.
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=os.path.dirname(os.path.abspath(path)))
-    with os.fdopen(fd, "wb") as f:
+    with _io.atomic_write(path, "wb") as f:
         torch.save(model.state_dict(), f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -102,16 +102,16 @@ def test_resume_without_checkpoint_is_an_error(fake_zoo, tmp_path, capsys):
     assert rc == 2 and "no checkpoint at" in capsys.readouterr().err
 
 
-def test_nproc_relaunches_under_torchrun(monkeypatch, tmp_path):
+def test_nproc_relaunches_under_torchrun(fake_zoo, monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr("slimkit.train.launch.run_forwarding", lambda cmd, env=None: calls.append(cmd) or 0)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    rc = main(["train", "--model", "m", "--data", "toy", "--nproc", "2", "--epochs", "1", "--resume",
+    rc = main(["train", "--model", "tiny-test", "--data", "toy", "--nproc", "2", "--epochs", "1", "--resume",
                "--compress", "ecq(bits=2)", "--out", str(tmp_path)])
     assert rc == 0
     cmd = calls[0]
     assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
     rest = cmd[cmd.index("train") + 1:]
     assert "--nproc" not in rest
-    assert rest == ["--model", "m", "--data", "toy", "--epochs", "1", "--compress", "ecq(bits=2)",
+    assert rest == ["--model", "tiny-test", "--data", "toy", "--epochs", "1", "--compress", "ecq(bits=2)",
                     "--out", str(tmp_path), "--resume"]

@@ -30,7 +30,7 @@ def create_optimizer(name, params, **kwargs):
     return fn(params, **kwargs)
 
 
-register_optimizer("sgd")(lambda params, lr=0.1, momentum=0.9, weight_decay=5e-4, **kw: torch.optim.SGD(
+register_optimizer("sgd")(lambda params, lr=0.01, momentum=0.9, weight_decay=5e-4, **kw: torch.optim.SGD(
     params, lr=lr, momentum=momentum, weight_decay=weight_decay, **kw))
 register_optimizer("adam")(lambda params, lr=1e-3, **kw: torch.optim.Adam(params, lr=lr, **kw))
 register_optimizer("adamw")(lambda params, lr=1e-3, **kw: torch.optim.AdamW(params, lr=lr, **kw))
