@@ -125,6 +125,7 @@ class CellNet(nn.Module):
 
 class CellSupernet(CellNet):
     """Weight-sharing supernet of a cell space: ``set_arch(arch)`` picks the single path to run."""
+    skeleton = ("stem.*", "cells.*.conv_a.*", "cells.*.conv_b.*", "cells.*.downsample.*", "classifier")
 
     def __init__(self, space, num_classes=10):
         o = space.options

@@ -40,8 +40,11 @@ class DIConfig:
     alpha: float = 0.01  # relative: a direction holding a fraction f of the recorded energy keeps 1/(1+f/alpha)
     samples: int = 64  # input vectors recorded per layer per architecture
     decay: float = 0.05  # per architecture: P <- (1 - decay) P + decay I
-    layers: str = "*"  # glob over module names: which layers are protected
-    exclude: str = ""  # comma-separated globs of module names never projected
+    # "ops": protect the layers of the searched operations only; the skeleton every architecture shares
+    # (``supernet.skeleton`` globs: stem, reduction blocks, classifier) trains freely, else it would freeze
+    # as soon as its input space is covered. "all": every conv / linear layer.
+    scope: str = "ops"
+    exclude: str = ""  # further comma-separated globs of module names never projected
     seed: int = 0
     dtype: str = "float32"  # of the projector algebra; float64 for tight checks
     # "pre": record the inputs of the training forward itself (free, but they predate the step);
@@ -56,6 +59,8 @@ class DIConfig:
             raise ValueError(f"decay must be in [0, 1), got {self.decay!r}")
         if int(self.samples) < 1:
             raise ValueError(f"samples must be >= 1, got {self.samples!r}")
+        if self.scope not in ("ops", "all"):
+            raise ValueError(f"scope must be 'ops' or 'all', got {self.scope!r}")
         if self.record not in ("pre", "post"):
             raise ValueError(f"record must be 'pre' or 'post', got {self.record!r}")
         if self.dtype not in ("float32", "float64"):
@@ -91,8 +96,10 @@ class DisturbanceImmune:
             self.config = DIConfig(**{**asdict(config), **overrides})
         cfg = self.config
         excl = [p.strip() for p in cfg.exclude.split(",") if p.strip()]
+        if cfg.scope == "ops":
+            excl += list(getattr(supernet, "skeleton", ()))
         self.layers = {name: m for name, m in supernet.named_modules()
-                       if isinstance(m, (nn.Conv2d, nn.Linear, SharedConv)) and fnmatch.fnmatch(name, cfg.layers)
+                       if isinstance(m, (nn.Conv2d, nn.Linear, SharedConv))
                        and not any(fnmatch.fnmatch(name, p) for p in excl)}
         self.projectors = {}  # name -> Q = I - P (the protected part), float32 [d, d]
         self.stamp = {}  # name -> architecture count when Q was last decayed

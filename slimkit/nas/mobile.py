@@ -207,6 +207,7 @@ def _copy_pointwise(conv, shared, cin, cout, layout):
 class MobileSupernet(nn.Module):
     """Weight-sharing supernet of a mobile space (single path, sliced weights, sliced BN statistics)."""
     model_name = "nas"
+    skeleton = ("stem", "head", "classifier")  # sliced by the width only: shared by every architecture
 
     def __init__(self, space, num_classes=10):
         super().__init__()

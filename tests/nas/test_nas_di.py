@@ -13,7 +13,7 @@ def _setup(space_name="cell", seed=0, momentum=0.9, weight_decay=1e-3, **di):
     torch.manual_seed(seed)
     supernet = space.supernet().double()
     opt = torch.optim.SGD(supernet.parameters(), lr=0.5, momentum=momentum, weight_decay=weight_decay)
-    cfg = dict(alpha=1e-10, samples=10**6, decay=0.0, dtype="float64")
+    cfg = dict(alpha=1e-10, samples=10**6, decay=0.0, dtype="float64", scope="all")
     cfg.update(di)
     return space, supernet, DisturbanceImmune(opt, supernet, DIConfig(**cfg))
 
@@ -178,3 +178,14 @@ def test_sliced_mobile_supernet_update_orthogonal_for_every_group_pattern():
     _step(supernet, di, b, torch.randn(1, 3, 8, 8, dtype=torch.float64), torch.tensor([2]))
     assert abs(_loss(supernet, a, x, torch.tensor([1])) - before) < 1e-9
     assert any(isinstance(m, SharedConv) for m in di.layers.values())
+
+
+def test_scope_ops_leaves_the_shared_skeleton_unprojected():
+    space = get_space("nb201", C=4, N=1)
+    supernet = space.supernet()
+    di = DisturbanceImmune(torch.optim.SGD(supernet.parameters(), lr=0.1), supernet)  # default scope="ops"
+    # 3 cells x 6 edges x (conv1x1 + conv3x3); the stem, 2 x 3 reduction convs and the classifier are excluded
+    assert len(di.layers) == 3 * 6 * 2
+    assert all(".edges." in n for n in di.layers)
+    everything = DisturbanceImmune(torch.optim.SGD(supernet.parameters(), lr=0.1), supernet, scope="all")
+    assert len(everything.layers) == 3 * 6 * 2 + 1 + 2 * 3 + 1

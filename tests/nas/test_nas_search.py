@@ -8,6 +8,7 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 
 from slimkit.cli import main
 from slimkit.models import create_model
@@ -112,7 +113,13 @@ def test_cli_search_writes_results_and_resumes(tiny_cifar, tmp_path, capsys):
         assert (tmp_path / "a" / name).exists()
     best = json.loads((tmp_path / "a" / "best_spec.json").read_text())
     assert best["params"] <= 20_000
-    assert create_model("nas", spec=str(tmp_path / "a" / "best_spec.json")) is not None
+    spec_file = str(tmp_path / "a" / "best_spec.json")
+    # the found spec trains from scratch with slimkit train (--model-opts reaches the builder)
+    assert main(["train", "--model", "nas", "--model-opts", f"spec={spec_file}", "--data", tiny_cifar, "--epochs", "1",
+                 "--batch-size", "16", "--out", str(tmp_path / "t"), "--no-progress"]) == 0
+    net = create_model("nas", spec=spec_file)
+    net.load_state_dict(torch.load(tmp_path / "t" / "model.pt", weights_only=True))
+    assert sum(p.numel() for p in net.parameters()) == best["params"]
     assert _search(tmp_path / "a", tiny_cifar, 2) == 2  # refuses to overwrite without --resume
     assert "--resume" in capsys.readouterr().err
     assert _search(tmp_path / "b", tiny_cifar, 1) == 0

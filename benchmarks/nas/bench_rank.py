@@ -1,0 +1,199 @@
+"""Ranking quality of a weight-sharing supernet on NAS-Bench-201: plain WS vs DI-WS, 3 seeds.
+
+Each run trains the cell-space supernet with single-path sampling on a class-balanced CIFAR-10 subset
+of cifar10_train.npz, estimates the same ``--cells`` cells (sampled uniformly from the 15,625, fixed
+for every run) by BN-recalibrated accuracy on a held-out class-balanced split of cifar10_train.npz,
+and compares the estimates with the 200-epoch CIFAR-10 test accuracies of nats_bench_tss.csv
+(Kendall tau, Spearman rho, top-10 overlap). It then runs an evolutionary search on the supernet and
+reports the ground truth of the cell it picks. Runs are resumable chunks (``--max-minutes``):
+
+    python benchmarks/nas/bench_rank.py run --method ws --seed 0 --max-minutes 14   # repeat until "done"
+    python benchmarks/nas/bench_rank.py report
+"""
+import argparse
+import json
+import os
+import random
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+from slimkit.nas import DIConfig, SupernetConfig, SupernetTrainer, get_space  # noqa: E402
+from slimkit.nas.ranking import kendall_tau, read_nats_tss, spearman_rho, topk_overlap  # noqa: E402
+from slimkit.nas.search import Search, SearchConfig  # noqa: E402
+from slimkit.nas.supernet import ArchEvaluator  # noqa: E402
+
+DATA = os.path.join(ROOT, "..", "shared", "data")
+OPTIMUM = 94.37
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("action", choices=["run", "report"])
+    p.add_argument("--method", choices=["ws", "di"], default="ws")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default=os.path.join(DATA, "cifar10_train.npz"))
+    p.add_argument("--gt", default=os.path.join(DATA, "nats_bench_tss.csv"))
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "nas", "rank"))
+    p.add_argument("--C", type=int, default=8, help="proxy skeleton channels (published: 16)")
+    p.add_argument("--N", type=int, default=1, help="proxy cells per stage (published: 5)")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--train-images", type=int, default=20000)
+    p.add_argument("--cells", type=int, default=200)
+    p.add_argument("--eval-images", type=int, default=500)
+    p.add_argument("--calib-images", type=int, default=256)
+    p.add_argument("--di-opts", default="alpha=0.01,decay=0.05", help="DIConfig k=v,... for --method di")
+    p.add_argument("--search-population", type=int, default=20)
+    p.add_argument("--search-generations", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--max-minutes", type=float, default=14.0)
+    return p.parse_args(argv)
+
+
+def data(args):
+    from slimkit.data import few_shot_indices, load_dataset
+
+    splits = load_dataset(f"cifar10:{args.data}", seed=0, holdout="balanced", test_fraction=0.1)
+    tx, ty = splits.train.tensors()
+    vx, vy = splits.test.tensors()
+    idx = few_shot_indices(ty, args.train_images // 10, 0)
+    vidx = few_shot_indices(vy, args.eval_images // 10, 0)
+    calib = tx[idx][torch.randperm(len(idx), generator=torch.Generator().manual_seed(0))[:args.calib_images]]
+    return tx[idx].float(), ty[idx].long(), calib.float(), vx[vidx].float(), vy[vidx].long()
+
+
+def sampled_cells(gt, n):
+    return sorted(random.Random(2024).sample(range(len(gt)), n))  # the same cells for every run
+
+
+def _json(path, default):
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return default
+
+
+def _dump(path, obj):
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def run(args):
+    from slimkit.train._cli import parse_options
+
+    torch.set_num_threads(args.threads)
+    deadline = time.time() + 60 * args.max_minutes
+    space = get_space("nb201", C=args.C, N=args.N)
+    run_dir = os.path.join(args.out, f"{args.method}_s{args.seed}")
+    os.makedirs(run_dir, exist_ok=True)
+    gt = read_nats_tss(args.gt)
+    di = DIConfig(enabled=args.method == "di", seed=args.seed,
+                  **(parse_options(args.di_opts, "--di-opts") if args.method == "di" else {}))
+    cfg = SupernetConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, di=di,
+                         checkpoint_every=100)
+    tx, ty, calib, vx, vy = data(args)
+    torch.manual_seed(args.seed)
+    supernet = space.supernet(10)
+    trainer = SupernetTrainer(supernet, tx, ty, cfg, checkpoint_path=os.path.join(run_dir, "supernet.pt"))
+    trainer.load()
+    while trainer.step_count < cfg.steps and time.time() < deadline:
+        trainer.run(stop_after=50, progress=False)
+        print(f"step {trainer.step_count}/{cfg.steps}, {trainer.train_seconds:.0f} s, loss "
+              f"{sum(h['loss'] for h in trainer.history[-50:]) / 50:.3f}", flush=True)
+    if trainer.step_count < cfg.steps:
+        return print("partial: training")
+    evaluate = ArchEvaluator(supernet, calib, vx, vy)
+    est_path = os.path.join(run_dir, "estimates.json")
+    est = _json(est_path, {})
+    for k in sampled_cells(gt, args.cells):
+        if str(k) in est:
+            continue
+        if time.time() > deadline:
+            _dump(est_path, est)
+            return print(f"partial: {len(est)}/{args.cells} cells estimated")
+        t0 = time.time()
+        arch = space.arch(space.decode_body(gt[k]["arch"]))
+        est[str(k)] = {"arch": gt[k]["arch"], "estimate": evaluate(arch), "truth": gt[k]["cifar10"],
+                       "seconds": time.time() - t0}
+        if len(est) % 10 == 0:
+            _dump(est_path, est)
+    _dump(est_path, est)
+    search_path = os.path.join(run_dir, "search.json")
+    if os.path.exists(search_path):
+        return print("done")
+    by_arch = {gt[k]["arch"]: gt[k]["cifar10"] for k in range(len(gt))}
+    cache = {v["arch"]: v["estimate"] for v in est.values()}
+
+    def fitness(arch):
+        body = arch.encode().split(":", 1)[1].split("?")[0]
+        if body not in cache:
+            cache[body] = evaluate(arch)
+        return cache[body]
+
+    scfg = SearchConfig("evolution", args.search_population, args.search_generations, parents=10,
+                        mutations=args.search_population // 2, crossovers=args.search_population // 2, seed=args.seed)
+    result = Search(space, fitness, None, {}, scfg, os.path.join(run_dir, "search_state.json")).run(progress=False)
+    if time.time() > deadline + 600:
+        print("warning: search ran past the chunk deadline", flush=True)
+    best = result.best
+    body = best["spec"].split(":", 1)[1].split("?")[0]
+    _dump(search_path, {"best_spec": best["spec"], "best_estimate": best["accuracy"], "best_truth": by_arch[body],
+                        "evaluated": len(result.history)})
+    print("done")
+
+
+def summarize(run_dir, gt_best=OPTIMUM):
+    est = _json(os.path.join(run_dir, "estimates.json"), {})
+    if not est:
+        return None
+    e = [v["estimate"] for v in est.values()]
+    t = [v["truth"] for v in est.values()]
+    top = max(est.values(), key=lambda v: v["estimate"])
+    ckpt = torch.load(os.path.join(run_dir, "supernet.pt"), map_location="cpu", weights_only=True)
+    search = _json(os.path.join(run_dir, "search.json"), {})
+    return {"cells": len(est), "kendall_tau": float(kendall_tau(e, t)), "spearman": spearman_rho(e, t),
+            "top10_overlap": topk_overlap(e, t, 10), "train_s": ckpt["train_seconds"], "steps": ckpt["step"],
+            "eval_s_per_cell": sum(v["seconds"] for v in est.values()) / len(est),
+            "top_estimated_truth": top["truth"], "search_best_truth": search.get("best_truth"),
+            "search_best_spec": search.get("best_spec"), "search_evaluated": search.get("evaluated")}
+
+
+def report(args):
+    import statistics
+
+    rows, per = [], {}
+    for method in ("ws", "di"):
+        for seed in range(10):
+            d = os.path.join(args.out, f"{method}_s{seed}")
+            if os.path.isdir(d):
+                s = summarize(d)
+                if s:
+                    per.setdefault(method, []).append({"seed": seed, **s})
+    for method, runs in per.items():
+        def ms(key):
+            vals = [r[key] for r in runs if r[key] is not None]
+            if not vals:
+                return None, None
+            return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        row = {"method": {"ws": "plain WS", "di": "DI-WS"}[method], "seeds": len(runs)}
+        for key in ("kendall_tau", "spearman", "top10_overlap", "train_s", "top_estimated_truth", "search_best_truth"):
+            row[key], row[key + "_sd"] = ms(key)
+        rows.append(row)
+    _dump(os.path.join(args.out, "rank.json"), {"summary": rows, "runs": per, "settings": vars(args)})
+    for r in rows:
+        print(r)
+    for method, runs in per.items():
+        for r in runs:
+            print(method, r)
+
+
+if __name__ == "__main__":
+    a = parse()
+    run(a) if a.action == "run" else report(a)
