@@ -96,6 +96,11 @@ def _worker(rank, world, port, args, out_file):
                     res[key]["step_s"].append(dt)
                     res[key]["bytes"].append(s["wire_bytes"])
             res[key]["choices"] = [c for c, _ in getattr(state.compressor, "choices", {}).values()] or None
+            if args["rounds"] == 1:  # free it: 5 copies of a 25 M-parameter model and its state do not fit
+                del models[key], ddp, opt, state
+                import gc
+
+                gc.collect()
     if rank == 0:
         res["_params"] = sum(p.numel() for p in _build(args["model"]).parameters())
         res["_loadavg"] = os.getloadavg()
