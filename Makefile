@@ -19,7 +19,7 @@ $(VENV)/.make-dev: pyproject.toml constraints.txt | $(PY)
 	touch $@
 
 demo: $(VENV)/.make-core
-	$(VENV)/bin/slimkit demo
+	$(VENV)/bin/slimkit demo --overwrite
 
 test: $(VENV)/.make-dev
 	$(PY) -m pytest -q

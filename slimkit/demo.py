@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from slimkit._io import check_out_dir, write_text
+
 
 @dataclass
 class DemoContext:
@@ -18,6 +20,7 @@ class DemoContext:
     epochs: int = 8
     quick: bool = False
     seed: int = 0
+    overwrite: bool = False  # replace the outputs of an earlier demo in out_dir
     progress: bool = True
     splits: Any = None  # slimkit.data.DatasetSplits, inputs resized to what the model expects
     model: Any = None
@@ -64,7 +67,7 @@ def step_train(ctx: DemoContext):
 
     epochs = min(ctx.epochs, 3) if ctx.quick else ctx.epochs
     config = TrainConfig(epochs=epochs, batch_size=32, lr=2e-3, optimizer="adam", seed=ctx.seed, device="cpu",
-                         out_dir=os.path.join(ctx.out_dir, "train"), progress=ctx.progress,
+                         out_dir=os.path.join(ctx.out_dir, "train"), progress=ctx.progress, overwrite=ctx.overwrite,
                          meta={"model": ctx.model_name, "data": ctx.data_spec, "demo": True})
     ctx.result = fit(ctx.model, ctx.splits.train, ctx.splits.test, config)
     ctx.model = ctx.result.model.eval()
@@ -80,7 +83,7 @@ def step_profile(ctx: DemoContext):
     timing = dict(batch_sizes=(1,), repeats=5) if ctx.quick else dict(batch_sizes=(1, 64), repeats=20)
     ctx.profile = slimkit.profile(ctx.model, ctx.example_inputs, name=ctx.model_name, progress=ctx.progress, **timing)
     ctx.outputs["macs"] = ctx.profile.macs
-    ctx.profile.to_json(os.path.join(ctx.out_dir, "profile.json"))
+    write_text(os.path.join(ctx.out_dir, "profile.json"), ctx.profile.to_json() + "\n")
     ctx.say(ctx.profile.table())
 
 
@@ -106,8 +109,7 @@ def step_compress(ctx: DemoContext):
     ctx.compressed = res
     ctx.outputs["compressed_accuracy"] = res.report.after.accuracy
     ctx.outputs["compressed_macs"] = res.report.after.macs
-    with open(os.path.join(ctx.out_dir, "compress_report.md"), "w") as f:
-        f.write(res.report.to_markdown())
+    write_text(os.path.join(ctx.out_dir, "compress_report.md"), res.report.to_markdown())
     save(res.model, os.path.join(ctx.out_dir, "compressed.pt2"), ctx.example_inputs)
     ctx.say(res.report.to_markdown())
 
@@ -116,9 +118,11 @@ STEPS = [("data", step_data), ("model", step_model), ("train", step_train), ("pr
          ("compress", step_compress)]
 
 
-def run_demo(out_dir="runs/demo", *, epochs=8, quick=False, model="lenet5", seed=0, progress=True) -> DemoContext:
-    ctx = DemoContext(out_dir=out_dir, model_name=model, epochs=epochs, quick=quick, seed=seed, progress=progress)
-    os.makedirs(out_dir, exist_ok=True)
+def run_demo(out_dir="runs/demo", *, epochs=8, quick=False, model="lenet5", seed=0, progress=True,
+             overwrite=False) -> DemoContext:
+    ctx = DemoContext(out_dir=out_dir, model_name=model, epochs=epochs, quick=quick, seed=seed, progress=progress,
+                      overwrite=overwrite)
+    check_out_dir(out_dir, flag="--out", overwrite=overwrite)  # before any work
     for i, (name, step) in enumerate(STEPS, 1):
         ctx.say(f"[{i}/{len(STEPS)}] {name}")
         t0 = time.perf_counter()
@@ -134,6 +138,7 @@ def add_arguments(parser):
     parser.add_argument("--quick", action="store_true", help="at most 3 epochs, for tests and smoke runs")
     parser.add_argument("--model", default="lenet5", help="zoo model to train (default lenet5)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier demo in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -141,7 +146,7 @@ def run(args) -> int:
     if args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
     run_demo(args.out, epochs=args.epochs, quick=args.quick, model=args.model, seed=args.seed,
-             progress=not args.no_progress)
+             progress=not args.no_progress, overwrite=args.overwrite)
     return 0
 
 

@@ -124,6 +124,9 @@ def _settings(args):
         batches = () if text in ("", "none", "0") else tuple(int(b) for b in text.split(","))
     except ValueError:
         raise ValueError(f"--batch-sizes must be comma-separated integers such as 1,64, got {args.batch_sizes!r}") from None
+    from slimkit.train.trainer import check_device
+
+    check_device(args.device)  # --device banana: one line, not torch's RuntimeError
     return dict(batch_sizes=batches, threads=tuple(t.strip() for t in args.threads.split(",")),
                 runtime=tuple(r.strip() for r in args.runtime.split(",")), warmup=args.warmup, repeats=args.repeats,
                 device=args.device, progress=not args.no_progress)
@@ -134,13 +137,18 @@ def run(args) -> int:
 
     from slimkit.profile import compare_table, profile, profile_pair
 
+    from slimkit._io import check_out_file, write_text
+
     kw = _settings(args)
+    if args.json:
+        check_out_file(args.json, flag="--json")  # before any work: not a folder, writable
+    _check_input_memory(args, kw["batch_sizes"])
     model, inputs = _prepare(args.model, args.checkpoint, args.input, args.dtype)
     if args.compare is None:
         prof = profile(model, inputs, name=args.model, **kw)
         print(prof.table(depth=args.depth))
         if args.json:
-            prof.to_json(args.json)
+            write_text(args.json, prof.to_json() + "\n")
             print(f"wrote {args.json}")
         return 0
     other, other_inputs = _prepare(args.compare, args.compare_checkpoint, args.compare_input or args.input, args.dtype,
@@ -150,7 +158,41 @@ def run(args) -> int:
     if args.json:
         from slimkit.profile.compare import compare_rows
 
-        with open(args.json, "w") as f:
-            json.dump({"a": a.to_dict(), "b": b.to_dict(), "comparison": compare_rows(a, b)}, f, indent=2)
+        write_text(args.json, json.dumps({"a": a.to_dict(), "b": b.to_dict(), "comparison": compare_rows(a, b)}, indent=2))
         print(f"wrote {args.json}")
     return 0
+
+
+def _available_memory():
+    """MemAvailable from /proc/meminfo in bytes (Linux), else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_input_memory(args, batch_sizes):
+    """Refuse inputs that cannot fit in memory up front: allocating them would fail after the counting
+    work, or get the process killed by the kernel with no message at all."""
+    import math
+
+    import torch
+
+    if not args.input:
+        return
+    avail = _available_memory()
+    if avail is None:
+        return
+    dtype = getattr(torch, args.dtype, None) if args.dtype else torch.float32
+    itemsize = torch.empty((), dtype=dtype).element_size() if isinstance(dtype, torch.dtype) else 4
+    shapes = _parse_shapes(args.input)
+    largest = max([s[0] for s in shapes] + list(batch_sizes or [1]))
+    need = sum(math.prod(s[1:]) * max(largest, s[0]) * itemsize for s in shapes)
+    if need > avail:
+        raise ShapeError(f"--input {args.input} at batch {largest} needs {need / 2**30:.1f} GiB for the inputs alone, "
+                         f"but only {avail / 2**30:.1f} GiB of memory is available; use a smaller --input or "
+                         "--batch-sizes")
