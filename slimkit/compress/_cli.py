@@ -12,7 +12,14 @@ import os
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True, help="registered model name (see slimkit.models.list_models())")
+    p.add_argument("--model", required=True,
+                   help="zoo name (slimkit.models.list_models()), pkg.module:function or path/file.py:function "
+                        "returning an nn.Module, or hf:DIR (a local Hugging Face folder; nothing is downloaded)")
+    p.add_argument("--input", default=None,
+                   help="example input shape for data-free runs of user models, e.g. 1x3x32x32 (zoo/hf: known)")
+    p.add_argument("--output", default=None,
+                   help="which model output the checks compare: an index or a name such as logits (default: the "
+                        "first tensor)")
     p.add_argument("--checkpoint", default=None, help="weights to load (read only)")
     p.add_argument("--data", default=None, help="slimkit.data spec, e.g. cifar10:cifar10_train.npz; omit = data-free")
     p.add_argument("--recipe", required=True, help='e.g. "fold,prune(macs=0.5),distill(k=10)" or a .yaml file')
@@ -51,38 +58,42 @@ def _batches(x, y, bs):
 
 
 def run(args):
-    import torch
-
     from slimkit.compress import compress, save
     from slimkit.compress.export import default_suffix
     from slimkit.compress.recipe import load_recipe, recipe_to_yaml
-    from slimkit.models import create_model, get_model_info
+    from slimkit.models.user import resolve_model
     from slimkit.report.html import write_html
     from slimkit.report.plots import pareto_plot
 
     from slimkit._io import check_out_dir, staged_outputs
+    from slimkit.errors import SlimkitError
 
     recipe = load_recipe(args.recipe)  # fail on a bad recipe before any heavy work
     out_dir = check_out_dir(args.out, flag="--out", overwrite=args.overwrite)
     if args.checkpoint and not os.path.exists(args.checkpoint):
         raise FileNotFoundError(f"--checkpoint: no file at {args.checkpoint!r}")
-    info = get_model_info(args.model)
-    model = create_model(args.model, checkpoint=args.checkpoint).eval()
+    user = resolve_model(args.model, args.checkpoint)
+    if args.input:
+        user.input_size = tuple(int(d) for d in args.input.lower().split("x"))[1:]
+    model = user.model.eval()
     few = evalset = None
     data_desc = "none (data-free)"
     if args.data:
         (fx, fy), (tx, ty), data_desc = load_splits(args.data, args.k, args.test_fraction, args.seed)
         few, evalset = _batches(fx, fy, 50), _batches(tx, ty, 500)
-        example = tx[:1]
+        example = {user.input_name: tx[:1]} if user.input_name else tx[:1]
     else:
-        example = torch.randn(1, *info.input_size, generator=torch.Generator().manual_seed(args.seed))
+        example = user.example_inputs(seed=args.seed)
+        if example is None:
+            raise SlimkitError(f"--model {args.model}: give the example input shape with --input, e.g. --input 1x3x32x32")
     batches = tuple(int(b) for b in args.latency_batches.split(",") if b.strip())
+    output = int(args.output) if args.output and args.output.lstrip("-").isdigit() else args.output
     result = compress(model, example, recipe, data=few, eval_data=evalset, progress=not args.no_progress,
-                      latency_batches=batches)
+                      latency_batches=batches, output=output)
     rep = result.report
     model_name = "model" + default_suffix(result.model)
     with staged_outputs(out_dir, stale=OUTPUTS) as stage:
-        save(result.model, stage.path(model_name), example)
+        save(result.model, stage.path(model_name), example, output)
         with open(stage.path("recipe.yaml"), "w") as f:
             f.write(recipe_to_yaml(recipe))
         with open(stage.path("report.json"), "w") as f:

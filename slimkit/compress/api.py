@@ -1,9 +1,11 @@
 """``compress(model, example_inputs, recipe, data=None, eval_data=None)``: run a recipe safely.
 
-The input model is deep-copied and never modified. After EVERY pass the new model must run on the
-example inputs and give finite outputs of the original shape; a lossless pass must also reproduce
-its input model's outputs within rtol=1e-5, atol=1e-5 * max|output| (eval mode). A failed check
-raises ``CompressionCheckError`` naming the pass and the module.
+The input model is deep-copied and never modified. Example inputs may be a tensor, a tuple or a dict of
+keyword arguments; outputs a tensor, a tuple, a dict or a ``ModelOutput``: ``output=`` selects the one
+compared (default: the first tensor with a batch dimension, e.g. ``.logits``). After EVERY pass the new
+model is checked (``check.py``): forward, shape, finite, not constant across inputs, lossless passes
+exact, lossy ones within a relative-error bound. A failed check raises ``CompressionCheckError``
+naming the pass, the module and the measured number.
 """
 import copy
 import time
@@ -14,21 +16,15 @@ import torch
 from slimkit.compress._latency import interleaved_latency
 from slimkit.compress._report import CompressReport, ModelStats, PassRow
 from slimkit.compress.base import CompressContext, get_pass
+from slimkit.compress.check import CheckConfig, check_pass, probe_examples
 from slimkit.compress.recipe import parse_recipe, recipe_to_string
-from slimkit.errors import CompressionCheckError
-
-RTOL = 1e-5
-ATOL_REL = 1e-5  # atol = ATOL_REL * max|reference output|
+from slimkit.model_io import Example, example_from_batch, select_output
 
 
 @dataclass
 class CompressResult:
     model: torch.nn.Module
     report: CompressReport
-
-
-def _as_tuple(x):
-    return x if isinstance(x, tuple) else (x,)
 
 
 def weight_bytes(model):
@@ -67,164 +63,99 @@ def param_count(model):
 
 
 @torch.no_grad()
-def accuracy(model, eval_data):
-    """Top-1 accuracy of ``model`` over an iterable of (x, y) batches."""
+def accuracy(model, eval_data, like=None, output=None):
+    """Top-1 accuracy of ``model`` over an iterable of (inputs, labels) batches (argmax of the last dim)."""
     if hasattr(model, "eval"):
         model.eval()
     correct = total = 0
-    for x, y in eval_data:
-        correct += (model(x).argmax(1) == y).sum().item()
+    for batch in eval_data:
+        y = batch["labels"] if isinstance(batch, dict) else batch[1]
+        logits = select_output(example_from_batch(batch, like)(model), output)[0]
+        correct += (logits.argmax(-1) == y).sum().item()
         total += y.numel()
     return correct / max(total, 1)
 
 
-def model_stats(model, example_inputs, eval_data=None, macs=None):
+def model_stats(model, example_inputs, eval_data=None, macs=None, output=None):
     from slimkit.profile.counting import count_macs
 
+    example = Example.of(example_inputs)
     if macs is None:
         with torch.no_grad():
-            macs = int(count_macs(model.eval(), _as_tuple(example_inputs)))
-    acc = accuracy(model, eval_data) if eval_data is not None else None
+            macs = int(count_macs(model.eval(), example))
+    acc = accuracy(model, eval_data, example, output) if eval_data is not None else None
     return ModelStats(macs=int(macs), params=int(param_count(model)), weight_bytes=int(weight_bytes(model)), accuracy=acc)
-
-
-def _run_traced(model, inputs, pass_name):
-    """Forward with hooks so a failure names the module it happened in."""
-    current = []
-    hooks = []
-    if hasattr(model, "named_modules"):
-        for name, mod in model.named_modules():
-            hooks.append(mod.register_forward_pre_hook(lambda m, a, n=name: current.append(n)))
-    try:
-        with torch.no_grad():
-            return model(*inputs)
-    except Exception as err:  # noqa: BLE001 - any failure of the new model is a failed check
-        where = current[-1] if current else "<top>"
-        raise CompressionCheckError(f"pass {pass_name!r}: forward failed in module {where!r}: {err}") from err
-    finally:
-        for h in hooks:
-            h.remove()
-
-
-def _first_diverging_module(old, new, inputs):
-    """Name of the first same-named module (in execution order) whose outputs differ."""
-    outs = {}
-    hooks = []
-    for tag, model in (("old", old), ("new", new)):
-        for name, mod in model.named_modules():
-            if name:
-                hooks.append(mod.register_forward_hook(
-                    lambda m, a, o, n=name, t=tag: outs.setdefault(t, {}).setdefault(n, o) if torch.is_tensor(o) else None))
-    try:
-        with torch.no_grad():
-            old(*inputs)
-            new(*inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-    for name, o in outs.get("new", {}).items():
-        ref = outs.get("old", {}).get(name)
-        if ref is not None and ref.shape == o.shape and not torch.allclose(o, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()) + 1e-6):
-            return name
-    return "<output>"
-
-
-def check_pass(pass_name, lossless, old, new, inputs, ref_shape):
-    """Raise CompressionCheckError unless ``new`` passes the forward (and, if lossless, output) check."""
-    if hasattr(new, "eval"):
-        new.eval()
-    out = _run_traced(new, inputs, pass_name)
-    if not torch.is_tensor(out) or tuple(out.shape) != tuple(ref_shape):
-        got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
-        raise CompressionCheckError(f"pass {pass_name!r}: output shape {got}, expected {tuple(ref_shape)} (module '<output>')")
-    if not torch.isfinite(out).all():
-        raise CompressionCheckError(f"pass {pass_name!r}: non-finite outputs (module {_first_nonfinite(new, inputs)!r})")
-    if not lossless:
-        return "forward ok"
-    with torch.no_grad():
-        ref = old.eval()(*inputs)
-    atol = ATOL_REL * float(ref.abs().max())
-    diff = float((out - ref).abs().max())
-    if not torch.allclose(out, ref, rtol=RTOL, atol=atol):
-        where = _first_diverging_module(old, new, inputs)
-        raise CompressionCheckError(
-            f"pass {pass_name!r} is lossless but changed the outputs: max |diff| {diff:.3g} > rtol {RTOL} / atol {atol:.3g}; "
-            f"first diverging module {where!r}")
-    return f"forward ok; lossless: max abs diff {diff:.2g} (rtol {RTOL:g})"
-
-
-def _first_nonfinite(model, inputs):
-    bad = []
-    hooks = [m.register_forward_hook(lambda m, a, o, n=n: bad.append(n) if torch.is_tensor(o) and not torch.isfinite(o).all() else None)
-             for n, m in model.named_modules()] if hasattr(model, "named_modules") else []
-    with torch.no_grad():
-        model(*inputs)
-    for h in hooks:
-        h.remove()
-    return bad[0] if bad else "<output>"
-
-
-def _batched(inputs, batch):
-    return tuple(t[:1].expand(batch, *t.shape[1:]).contiguous() for t in inputs)
 
 
 def measure_latency(models, example_inputs, batches=(1, 64), repeats=20, progress=False):
     """Interleaved latency of each model at each batch size; keys ``f"{name}@b{batch}"``."""
     out = {}
+    example = Example.of(example_inputs)
     for b in batches:
-        timing = interleaved_latency(models, _batched(_as_tuple(example_inputs), b), repeats=repeats, progress=progress)
+        ex = example.resized(b)
+        calls = {name: (lambda m=m, ex=ex: ex(m)) for name, m in models.items()}
+        timing = interleaved_latency(calls, (), repeats=repeats, progress=progress)
         out.update({f"{name}@b{b}": t for name, t in timing.items()})
     return out
 
 
-def compress(model, example_inputs, recipe, data=None, eval_data=None, *, progress=True,
+def compress(model, example_inputs, recipe, data=None, eval_data=None, *, output=None, check=None, progress=True,
              latency_batches=(1, 64), latency_repeats=20):
     """Compress a copy of ``model`` with ``recipe`` (string, YAML-parsed list or configs).
 
-    ``data``: few-shot (x, y) batches for passes that need data (distill, pq error correction,
-    int8 calibration). ``eval_data``: (x, y) batches for the accuracy columns. Set
-    ``latency_batches=()`` to skip timing. Returns ``CompressResult(model, report)``."""
+    ``example_inputs``: a tensor, a tuple or a dict of keyword inputs. ``data``: few-shot (inputs,
+    labels) data for passes that need it (distill, pq error correction, int8 calibration) -- a Dataset,
+    a DataLoader, an (X, Y) pair or an iterable of batches. ``eval_data``: the same forms, for the
+    accuracy columns. ``output``: which model output to compare (an index, a key/attribute name such as
+    ``"logits"``, or a callable; default the first tensor). ``check``: a ``CheckConfig`` overriding the
+    per-pass bounds. Set ``latency_batches=()`` to skip timing. Returns ``CompressResult(model, report)``."""
     from tqdm import tqdm
 
     from slimkit.compress.int8 import OrtModule
+    from slimkit.data.batches import as_batches
 
     configs = parse_recipe(recipe)
-    inputs = _as_tuple(example_inputs)
+    data, eval_data = as_batches(data, what="data"), as_batches(eval_data, what="eval_data")
+    example = Example.of(example_inputs)
+    checks = check or CheckConfig()
     teacher = copy.deepcopy(model).eval()
     current = copy.deepcopy(model).eval()
-    context = CompressContext(teacher=teacher, data=data, eval_data=eval_data, progress=progress)
+    context = CompressContext(teacher=teacher, data=data, eval_data=eval_data, progress=progress, output=output)
     # The model as it was before the first lossy pass: same structure as later students, same function
     # as the teacher; distillation pairs layers with it.
     context.extras["reference"] = teacher
     with torch.no_grad():
-        ref_shape = teacher(*inputs).shape
-    before = model_stats(teacher, inputs, eval_data)
+        _, output_desc = select_output(example(teacher), output)
+    probes = probe_examples(example, data, checks.probe_batches)
+    before = model_stats(teacher, example, eval_data, output=output)
     rows, seen_lossy, last_macs = [], False, before.macs
     for cfg in tqdm(configs, desc="compress", disable=not progress):
         _, fn = get_pass(cfg.name)
         t0 = time.perf_counter()
-        new = fn(current, example_inputs, cfg, context)
+        new = fn(current, example_inputs if not isinstance(example_inputs, Example) else example, cfg, context)
         seconds = time.perf_counter() - t0
-        check = check_pass(cfg.name, cfg.lossless, current, new, inputs, ref_shape)
+        ref = teacher if getattr(cfg, "recovery", False) else current
+        summary = check_pass(cfg, current, new, probes, ref, output, checks, output_desc)
         seen_lossy = seen_lossy or not cfg.lossless
         if not seen_lossy:
             context.extras["reference"] = new
         # ORT modules cannot be MAC-counted by FlopCounterMode; int8 keeps the graph's MAC count
         is_ort = isinstance(new, OrtModule)
-        stats = model_stats(new, inputs, eval_data, macs=last_macs if is_ort else None)
+        stats = model_stats(new, example, eval_data, macs=last_macs if is_ort else None, output=output)
         if is_ort:  # same weights count, now stored as int8
             stats.params = rows[-1].stats.params if rows else before.params
         last_macs = stats.macs
-        rows.append(PassRow(cfg.name, recipe_to_string([cfg]), cfg.lossless, seconds, stats, check))
+        rows.append(PassRow(cfg.name, recipe_to_string([cfg]), cfg.lossless, seconds, stats, summary))
         current = new
     report = CompressReport(recipe=recipe_to_string(configs), before=before, after=rows[-1].stats if rows else before,
                             passes=rows)
+    report.notes.append(f"checks compare the model output {output_desc!r}; inputs: {example.describe()}")
     if latency_batches:
         timed = {"before": teacher, "after": current}
         if isinstance(current, OrtModule):
-            timed["before_ort_fp32"] = OrtModule.from_torch(teacher, inputs, threads=current.threads)
+            timed["before_ort_fp32"] = OrtModule.from_torch(teacher, example, threads=current.threads, output=output)
             report.notes.append("after = ONNX Runtime int8 session (not an eager module); before_ort_fp32 = the input "
                                 "model exported to ONNX Runtime fp32, the fair runtime baseline")
-        report.latency = measure_latency(timed, inputs, latency_batches, latency_repeats, progress)
+        report.latency = measure_latency(timed, example, latency_batches, latency_repeats, progress)
         report.notes.append("latency measured interleaved on a possibly shared machine; load average recorded per row")
     return CompressResult(current, report)

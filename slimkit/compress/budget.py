@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 
 from slimkit.compress import lowrank as lr
 from slimkit.compress.base import CompressContext, PassConfig, register_pass
-from slimkit.compress.prune import Pruner, calibration_batches
+from slimkit.compress.prune import Pruner, calibration_examples
+from slimkit.model_io import Example, select_output
 from slimkit.profile.counting import count_macs
 
 METHODS = ("prune", "lowrank")
@@ -67,19 +68,15 @@ def weight_bytes(model):
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def _as_tuple(x):
-    return x if isinstance(x, tuple) else (x,)
-
-
-def _latency_ms(model, example_inputs):
+def _latency_ms(model, example):
     from slimkit.profile.latency import measure_latency
-    one = tuple(t[:1] if isinstance(t, torch.Tensor) else t for t in _as_tuple(example_inputs))
-    return measure_latency(model, one, warmup=2, repeats=10).median_ms
+    one = example.resized(1)
+    return measure_latency(lambda: one(model), (), warmup=2, repeats=10).median_ms
 
 
 class _Metric:
     def __init__(self, config, model, example_inputs):
-        self.x = _as_tuple(example_inputs)
+        self.x = Example.of(example_inputs)
         if config.target_latency_ms is not None:
             self.kind, self.target = "latency_ms", config.target_latency_ms
             self.fn = lambda m: _latency_ms(m, self.x)
@@ -94,16 +91,16 @@ class _Metric:
 
 
 class _Sensitivity:
-    def __init__(self, model, batches):
-        self.batches = batches
+    def __init__(self, model, batches, output=None):
+        self.batches, self.output = batches, output
         with torch.no_grad():
-            self.ref = [model(*b) for b in batches]
+            self.ref = [select_output(b(model), output)[0] for b in batches]
 
     @torch.no_grad()
     def __call__(self, model):
         num = den = 0.0
         for b, r in zip(self.batches, self.ref):
-            num += float((model(*b) - r).pow(2).sum())
+            num += float((select_output(b(model), self.output)[0] - r).pow(2).sum())
             den += float(r.pow(2).sum())
         return (num / max(den, 1e-30)) ** 0.5
 
@@ -189,10 +186,10 @@ def _budget_lowrank(model, x, config, context, metric, sens):
 def budget(model, example_inputs, config=BudgetConfig(target_macs=0.5), context=None):
     """Compress a copy of ``model`` to the budget; details go to ``context.extras['budget']``."""
     context = context or CompressContext()
-    x = _as_tuple(example_inputs)
+    x = Example.of(example_inputs)
     model = copy.deepcopy(model).eval()
     metric = _Metric(config, model, x)
-    sens = _Sensitivity(model, calibration_batches(x, context, config.calib_batches))
+    sens = _Sensitivity(model, calibration_examples(x, context, config.calib_batches), context.output)
     run = _budget_prune if config.method == "prune" else _budget_lowrank
     out, levels, value, met = run(model, x, config, context, metric, sens)
     context.extras["budget"] = {"metric": metric.kind, "target": metric.target, "achieved": value, "met": met,

@@ -16,10 +16,7 @@ import torch
 
 from slimkit._io import atomic_path, atomic_write
 from slimkit.errors import CheckpointError, SlimkitError
-
-
-def _as_tuple(x):
-    return x if isinstance(x, tuple) else (x,)
+from slimkit.model_io import Example, FlatModule
 
 
 def default_suffix(model):
@@ -28,7 +25,7 @@ def default_suffix(model):
     return ".onnx" if isinstance(model, OrtModule) else ".pt2"
 
 
-def save(model, path, example_inputs):
+def save(model, path, example_inputs, output=None):
     """Write ``model`` to ``path`` (.pt2 for eager models, .onnx for ORT modules); returns the path."""
     from slimkit.compress.int8 import OrtModule
 
@@ -41,14 +38,19 @@ def save(model, path, example_inputs):
         with atomic_write(path, "wb") as f:
             f.write(model.onnx_bytes)
         return path
-    inputs = _as_tuple(example_inputs)
-    if inputs[0].shape[0] == 1:  # export specialises size-1 dims; a batch of 2 keeps the batch dynamic
-        inputs = tuple(t.expand(2, *t.shape[1:]).contiguous() for t in inputs)
+    example = Example.of(example_inputs)
+    if example.batch_size == 1:  # export specialises size-1 dims; a batch of 2 keeps the batch dynamic
+        example = example.resized(2)
     batch = torch.export.Dim("batch", min=1, max=65536)
     was_training = model.training
     model.eval()
+    # keyword inputs (Hugging Face): the program takes the example's tensors positionally and returns the
+    # output the checks compared (``output``), since a ModelOutput is not an exportable return value
+    target = model if not example.kwargs else FlatModule(model, example, output)
+    inputs = tuple(example.args) if not example.kwargs else tuple(example.tensors())
     try:
-        ep = torch.export.export(model, inputs, dynamic_shapes=tuple({0: batch} for _ in inputs))
+        ep = torch.export.export(target, inputs, dynamic_shapes=tuple({0: batch} if torch.is_tensor(t) else None
+                                                                      for t in inputs))
     except Exception as err:  # noqa: BLE001 - re-raised with what to do about it
         raise SlimkitError(f"save: torch.export could not trace {type(model).__name__}: {err}") from err
     finally:

@@ -1,13 +1,17 @@
 """int8: post-training static int8 through ONNX Runtime (QDQ, per-channel weights).
 
-The model is exported to ONNX, calibrated on a few batches (the few-shot data, else the example
-inputs) and quantized with ``onnxruntime.quantization.quantize_static``. ONNX Runtime has fast
-int8 conv/matmul kernels on x86 CPUs, which eager PyTorch lacks. The result is an ``OrtModule``:
-an nn.Module wrapper around an ONNX Runtime session. It is NOT an eager module: it runs on CPU,
-has no parameters to train, and cannot be passed to later passes that edit layers. Needs the
-``deploy`` extra (onnx, onnxruntime, onnxscript).
+The model is exported to ONNX (``slimkit.onnx_runtime.export_onnx``: verified against eager on the
+calibration inputs, refused for data-dependent control flow), calibrated on a few batches (the few-shot
+data, else the example inputs; integer token ids stay integer) and quantized with
+``onnxruntime.quantization.quantize_static``. The int8 session is then compared with the fp32 ONNX
+Runtime session on the calibration inputs: at ``ORT_ENABLE_ALL`` ONNX Runtime fuses ops into int8
+kernels, and some fusions are wrong for some shapes (a global ``AvgPool2d(kernel > input, ceil_mode)``
+becomes a constant under ``QLinearAveragePool``). If the int8 output is constant across inputs or its
+relative error exceeds ``max_rel_error``, the next lower optimisation level is tried; the level used and
+the fused ops that were dropped are reported. The result is an ``OrtModule``: an nn.Module around an
+ONNX Runtime session. It is NOT an eager module: it runs on CPU, has no parameters to train, and must
+be the last pass. Needs the ``deploy`` extra (onnx, onnxruntime, onnxscript).
 """
-import io
 import os
 import platform
 import tempfile
@@ -18,7 +22,9 @@ import numpy as np
 import torch
 
 from slimkit.compress.base import PassConfig, register_pass
-from slimkit.errors import SlimkitError
+from slimkit.errors import CompressionCheckError, SlimkitError
+from slimkit.model_io import Example, as_example_list
+from slimkit.onnx_runtime import LEVELS, OrtSession, export_onnx, require_ort
 
 
 @dataclass
@@ -26,7 +32,9 @@ class Int8Config(PassConfig):
     """calib_batches: how many batches of ``context.data`` calibrate activation ranges.
     calibrate: ORT calibration method. per_channel: per-output-channel weight scales.
     reduce_range: 7-bit weights; None = on exactly when the x86 CPU lacks VNNI (see
-    ``needs_reduce_range``). threads: ORT intra-op threads (0 = ORT default, all cores)."""
+    ``needs_reduce_range``). threads: ORT intra-op threads (0 = ORT default, all cores).
+    level: ORT graph optimisation level, or "auto" (highest whose int8 output matches fp32 ORT within
+    ``max_rel_error`` and is not constant). exporter: torchscript (fast) or dynamo."""
 
     name = "int8"
     lossless = False
@@ -35,6 +43,9 @@ class Int8Config(PassConfig):
     per_channel: bool = True
     reduce_range: Optional[bool] = None
     threads: int = 0
+    level: Literal["auto", "all", "extended", "basic", "disabled"] = "auto"
+    max_rel_error: float = 0.3
+    exporter: Literal["torchscript", "dynamo"] = "torchscript"
 
 
 def needs_reduce_range(cpuinfo="/proc/cpuinfo"):
@@ -51,55 +62,25 @@ def needs_reduce_range(cpuinfo="/proc/cpuinfo"):
     return not ({"avx512_vnni", "avx_vnni"} & set(flags))
 
 
-def _require_ort():
-    try:
-        import onnxruntime  # noqa: F401
-        import onnx  # noqa: F401
-    except ImportError as err:
-        raise SlimkitError("the int8 pass needs ONNX Runtime: pip install 'slimkit[deploy]'") from err
-
-
-def _as_tuple(x):
-    return x if isinstance(x, tuple) else (x,)
-
-
-def export_onnx(model, example_inputs, opset=17):
-    """ONNX bytes of ``model`` (eval mode) with a dynamic batch dimension."""
-    inputs = _as_tuple(example_inputs)
-    names = [f"input{i}" for i in range(len(inputs))]
-    buf = io.BytesIO()
-    model = model.eval()
-    with torch.no_grad():
-        torch.onnx.export(
-            model, inputs, buf, input_names=names, output_names=["output"], opset_version=opset,
-            dynamic_axes={n: {0: "batch"} for n in names + ["output"]}, dynamo=False,
-        )
-    return buf.getvalue()
-
-
 class OrtModule(torch.nn.Module):
-    """Runs an ONNX model with ONNX Runtime behind an nn.Module call: tensors in, tensor out.
+    """Runs an ONNX model with ONNX Runtime behind an nn.Module call: the model's own inputs (positional
+    and keyword tensors, as the example had them) in, the selected output tensor out.
 
     It keeps the ONNX bytes so it can be deep-copied, pickled and saved (``slimkit.compress.save``
     writes them as a plain ``.onnx`` file)."""
 
-    def __init__(self, onnx_bytes, threads=0, kind="fp32"):
+    def __init__(self, onnx_bytes, threads=0, kind="fp32", level="all", names=None):
         super().__init__()
         self.onnx_bytes = onnx_bytes
         self.threads = threads
         self.kind = kind
+        self.level = level
+        self.names = names
         self._build()
 
     def _build(self):
-        _require_ort()
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if self.threads:
-            opts.intra_op_num_threads = self.threads
-        self.session = ort.InferenceSession(self.onnx_bytes, opts, providers=["CPUExecutionProvider"])
-        self._names = [i.name for i in self.session.get_inputs()]
+        self.session = OrtSession(self.onnx_bytes, self.names, threads=self.threads, level=self.level)
+        self.names = self.session.names
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -110,45 +91,38 @@ class OrtModule(torch.nn.Module):
         self.__dict__.update(state)
         self._build()
 
-    def forward(self, *inputs):
-        if len(inputs) != len(self._names):
-            raise SlimkitError(f"OrtModule expects {len(self._names)} inputs, got {len(inputs)}")
-        feed = {n: t.detach().cpu().float().contiguous().numpy() for n, t in zip(self._names, inputs)}
-        return torch.from_numpy(self.session.run(None, feed)[0])
+    def forward(self, *inputs, **kwargs):
+        return self.session(*inputs, **kwargs)
 
     def extra_repr(self):
-        return f"kind={self.kind}, onnx_bytes={len(self.onnx_bytes)}"
+        return f"kind={self.kind}, level={self.level}, onnx_bytes={len(self.onnx_bytes)}"
 
     @classmethod
-    def from_torch(cls, model, example_inputs, threads=0):
+    def from_torch(cls, model, example_inputs, threads=0, output=None, probes=()):
         """An ORT fp32 copy of ``model``: the fair baseline for int8 latency."""
-        return cls(export_onnx(model, example_inputs), threads=threads, kind="fp32")
+        example = Example.of(example_inputs)
+        return cls(export_onnx(model, example, output, probes), threads=threads, kind="fp32", names=example.names())
 
 
 class _Reader:
     """CalibrationDataReader over a list of input feeds."""
 
     def __init__(self, feeds):
+        self._feeds = feeds
         self._it = iter(feeds)
 
     def get_next(self):
         return next(self._it, None)
 
     def rewind(self):  # newer ORT versions call it
-        pass
+        self._it = iter(self._feeds)
 
 
-def _calibration_feeds(example_inputs, context, config, names):
-    feeds = []
-    if context is not None and context.data is not None:
-        for i, batch in enumerate(context.data):
-            if i >= config.calib_batches:
-                break
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            feeds.append({names[0]: x.detach().float().cpu().numpy()})
-    if not feeds:  # data-free: calibrate on the example inputs only (ranges will be rough)
-        feeds.append({n: t.detach().float().cpu().numpy() for n, t in zip(names, _as_tuple(example_inputs))})
-    return feeds
+def calibration_examples(example_inputs, context, config):
+    """The calibration inputs: up to ``calib_batches`` batches of the few-shot data, else the example."""
+    example = Example.of(example_inputs)
+    out = as_example_list(context.data if context is not None else None, example, limit=config.calib_batches)
+    return out or [example]
 
 
 def quantize_onnx(onnx_bytes, feeds, config):
@@ -177,20 +151,60 @@ def quantize_onnx(onnx_bytes, feeds, config):
             return f.read()
 
 
+def _rel_error_and_variation(session, reference, examples):
+    outs = torch.cat([session(ex).double() for ex in examples])
+    refs = torch.cat([reference(ex).double() for ex in examples])
+    rel = float((outs - refs).norm() / refs.norm().clamp_min(1e-30))
+    flat = lambda t: t.reshape(t.shape[0], -1)  # noqa: E731
+    var_o = float(flat(outs).std(0).mean()) if len(outs) > 1 else 1.0
+    var_r = float(flat(refs).std(0).mean()) if len(refs) > 1 else 1.0
+    return rel, var_o, var_r
+
+
+def choose_level(int8_bytes, fp32, examples, config, names):
+    """(session, level, report) of the highest ORT optimisation level whose int8 output agrees with fp32."""
+    levels = LEVELS if config.level == "auto" else (config.level,)
+    tried = {}
+    for level in levels:
+        sess = OrtSession(int8_bytes, names, threads=config.threads, level=level)
+        rel, var_o, var_r = _rel_error_and_variation(sess, fp32, examples)
+        constant = var_r > 0 and var_o <= 1e-3 * var_r
+        tried[level] = {"rel_error": rel, "constant": constant}
+        if not constant and rel <= config.max_rel_error:
+            report = {"level": level, "rel_error_vs_fp32_ort": rel, "tried": tried}
+            if level != levels[0]:
+                top = OrtSession(int8_bytes, names, threads=config.threads, level=levels[0])
+                report["dropped_fused_ops"] = sorted(set(top.op_types()) - set(sess.op_types()))
+            return sess, level, report
+    worst = ", ".join(f"{lv}: rel. error {t['rel_error']:.3g}{' (constant output)' if t['constant'] else ''}"
+                      for lv, t in tried.items())
+    raise CompressionCheckError(f"int8: the quantized ONNX Runtime model does not match fp32 ONNX Runtime at any "
+                                f"optimisation level tried ({worst}; bound {config.max_rel_error}); "
+                                "try int8(per_channel=false), calibrate=entropy or more calibration data")
+
+
 @register_pass(Int8Config)
 def int8(model, example_inputs, config, context=None):
     """Static int8 via ONNX Runtime; returns an ``OrtModule`` (not an eager module)."""
-    _require_ort()
+    require_ort()
     if isinstance(model, OrtModule):
         raise SlimkitError("int8: the model is already an ONNX Runtime module; int8 must be the last pass")
-    floats = {str(t.dtype) for t in [*model.parameters(), *model.buffers(), *_as_tuple(example_inputs)]
+    example = Example.of(example_inputs)
+    floats = {str(t.dtype) for t in [*model.parameters(), *model.buffers(), *example.tensors()]
               if torch.is_tensor(t) and t.is_floating_point()}
     if floats - {"torch.float32"}:  # ORT's CPU kernels and quantizer are float32 (no float64 Conv)
         raise SlimkitError(f"int8: needs a float32 model and inputs, got {sorted(floats)}; call model.float() first")
-    onnx_bytes = model.onnx_bytes if isinstance(model, OrtModule) else export_onnx(model, example_inputs)
-    names = [f"input{i}" for i in range(len(_as_tuple(example_inputs)))]
-    feeds = _calibration_feeds(example_inputs, context, config, names)
-    return OrtModule(quantize_onnx(onnx_bytes, feeds, config), threads=config.threads, kind="int8")
+    output = getattr(context, "output", None)
+    calib = calibration_examples(example, context, config)
+    fp32_bytes = export_onnx(model, example, output, probes=calib, exporter=config.exporter)
+    names = example.names()
+    fp32 = OrtSession(fp32_bytes, names, threads=config.threads)
+    feeds = [fp32.feed(ex.tensors()) for ex in calib]
+    int8_bytes = quantize_onnx(fp32_bytes, feeds, config)
+    _, level, report = choose_level(int8_bytes, fp32, calib, config, names)
+    if context is not None:
+        context.extras["int8"] = report
+    return OrtModule(int8_bytes, threads=config.threads, kind="int8", level=level, names=names)
 
 
 def onnx_weight_bytes(onnx_bytes):

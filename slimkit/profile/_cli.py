@@ -5,17 +5,17 @@ Examples::
     slimkit profile --model resnet20                      # registry input size, batch 1
     slimkit profile --model resnet20 --compare resnet56 --runtime eager,onnxruntime
     slimkit profile --model mypkg.nets:build_net --input 1x3x64x64 --json prof.json
+    slimkit profile --model path/to/nets.py:build --input 1x3x64x64
+    slimkit profile --model hf:path/to/local_hf_folder      # config.json (+ weights); nothing is downloaded
 """
-import importlib
-import os
-import sys
 
 from slimkit.errors import ShapeError
 
 
 def add_arguments(parser):
     parser.add_argument("--model", required=True,
-                        help="zoo model name, or module:function returning an nn.Module (cwd is importable)")
+                        help="zoo model name, pkg.module:function or path/file.py:function returning an nn.Module, "
+                             "or hf:DIR (a local Hugging Face model folder)")
     parser.add_argument("--input", default=None,
                         help="input shape(s), batch first, e.g. 1x3x32x32 (several: 1x3x32x32,1x10); "
                              "default: the zoo model's input size at batch 1")
@@ -53,32 +53,15 @@ def _fmt(shape):
 
 
 def build_model(spec, checkpoint=None):
-    """``(model, registry input_size or None, input dtype or None)`` for a zoo name or ``module:function``."""
-    if ":" in spec:
-        module_name, _, fn_name = spec.partition(":")
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())  # so a user's module in the cwd imports
-        try:
-            fn = getattr(importlib.import_module(module_name), fn_name)
-        except (ImportError, AttributeError) as err:
-            raise ValueError(f"--model {spec!r}: cannot import {fn_name!r} from {module_name!r} ({err})") from err
-        model = fn()
-        import torch
+    """``(model, input size or None, input dtype or None, keyword name or None)`` for a zoo name,
+    ``module:function``, ``file.py:function`` or ``hf:DIR`` (``slimkit.models.user.resolve_model``)."""
+    from slimkit.models.user import resolve_model
 
-        if not isinstance(model, torch.nn.Module):
-            raise ValueError(f"--model {spec!r} must return a torch.nn.Module, got {type(model).__name__}")
-        if checkpoint:
-            from slimkit.models import load_checkpoint
-
-            load_checkpoint(model, checkpoint)
-        return model, None, None
-    from slimkit.models import create_model, get_model_info
-
-    info = get_model_info(spec)  # unknown name -> ValueError listing the known models
-    return create_model(spec, checkpoint=checkpoint), info.input_size, info.input_dtype
+    user = resolve_model(spec, checkpoint)
+    return user.model, user.input_size, user.input_dtype, user.input_name
 
 
-def _example_inputs(spec, input_text, dtype_text, input_size, input_dtype, fallback=None):
+def _example_inputs(spec, input_text, dtype_text, input_size, input_dtype, fallback=None, input_name=None):
     import torch
 
     if input_text:
@@ -97,6 +80,8 @@ def _example_inputs(spec, input_text, dtype_text, input_size, input_dtype, fallb
         xs = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
     else:  # token ids / indices: small values are valid for any vocabulary
         xs = [torch.randint(0, 2, s, generator=gen, dtype=dtype) for s in shapes]
+    if input_name and len(xs) == 1:  # Hugging Face models take pixel_values= / input_ids=
+        return {input_name: xs[0]}
     return xs[0] if len(xs) == 1 else tuple(xs)
 
 
@@ -109,8 +94,8 @@ def _shape_hint(spec, input_size, err):
 def _prepare(spec, checkpoint, input_text, dtype_text, fallback=None):
     from slimkit.profile.analysis import _check_forward, resize_batch
 
-    model, size, dtype = build_model(spec, checkpoint)
-    inputs = _example_inputs(spec, input_text, dtype_text, size, dtype, fallback)
+    model, size, dtype, name = build_model(spec, checkpoint)
+    inputs = _example_inputs(spec, input_text, dtype_text, size, dtype, fallback, name)
     try:
         _check_forward(model.eval(), resize_batch(inputs, 1), spec)
     except ShapeError as err:

@@ -15,6 +15,7 @@ import torch
 from slimkit.errors import ShapeError
 from slimkit.profile.counting import analyze_ops
 from slimkit.profile.latency import compare_latency, parse_threads
+from slimkit.model_io import Example
 from slimkit.profile.runtimes import RUNTIMES, make_runner
 from slimkit.report.table import format_table
 
@@ -153,36 +154,21 @@ class Profile:
         return self.table()
 
 
-def _as_tuple(x):
-    return x if isinstance(x, tuple) else (x,)
-
-
 def resize_batch(inputs, batch_size):
-    """``inputs`` (tensor or tuple) with dimension 0 of every tensor resized to ``batch_size`` by
-    repeating samples; non-tensor arguments pass through."""
-    out = []
-    for t in _as_tuple(inputs):
-        if isinstance(t, torch.Tensor):
-            if t.dim() == 0 or t.shape[0] == 0:
-                raise ShapeError(f"inputs need a batch dimension with >= 1 sample, got shape {tuple(t.shape)}")
-            n = t.shape[0]
-            if n != batch_size:
-                t = t.repeat(math.ceil(batch_size / n), *([1] * (t.dim() - 1)))[:batch_size].contiguous()
-        out.append(t)
-    return tuple(out)
-
-
-def _shapes(inputs):
-    return [list(t.shape) for t in inputs if isinstance(t, torch.Tensor)]
+    """``inputs`` (tensor, tuple, dict of keyword inputs or Example) with dimension 0 of every tensor
+    resized to ``batch_size`` by repeating samples; non-tensor arguments pass through. Tuples stay tuples;
+    keyword inputs come back as a ``slimkit.model_io.Example``."""
+    ex = Example.of(inputs).resized(batch_size)
+    return ex if isinstance(inputs, (dict, Example)) else tuple(ex.args)
 
 
 def _check_forward(model, inputs, name):
+    example = Example.of(inputs)
     try:
         with torch.no_grad():
-            model(*inputs)
+            example(model)
     except (RuntimeError, ValueError, IndexError, TypeError) as err:
-        shapes = ", ".join("x".join(map(str, s)) for s in _shapes(inputs))
-        raise ShapeError(f"{name} failed on inputs of shape {shapes}: {str(err).splitlines()[0]}") from err
+        raise ShapeError(f"{name} failed on inputs {example.describe()}: {str(err).splitlines()[0]}") from err
 
 
 def on_device(model, dev):
@@ -242,7 +228,8 @@ def _runtimes(runtime):
 
 def profile(model, example_inputs, *, device="cpu", batch_sizes=(1, 64), threads=("1", "all"), warmup=3,
             repeats=20, runtime="eager", name=None, progress=True) -> Profile:
-    """Count and time ``model`` on ``example_inputs`` (a tensor or tuple; dim 0 is the batch and is
+    """Count and time ``model`` on ``example_inputs`` (a tensor, a tuple or a dict of keyword inputs such as
+    ``{"input_ids": ids}``; dim 0 is the batch and is
     resized to each of ``batch_sizes``). ``threads``: CPU thread settings, ints or "all".
     ``runtime``: "eager", "onnxruntime", "compile" or several (list or "eager,onnxruntime").
     ``batch_sizes=()`` skips timing. The model is put in eval mode on a copy when it must move device.
@@ -261,12 +248,12 @@ def profile(model, example_inputs, *, device="cpu", batch_sizes=(1, 64), threads
     was_training = model.training
     model.eval()
     try:
-        inputs = tuple(t.to(dev) if isinstance(t, torch.Tensor) else t for t in resize_batch(example_inputs, 1))
+        inputs = Example.of(example_inputs).resized(1).map(lambda t: t.to(dev))
         _check_forward(model, inputs, name)
         ops = analyze_ops(model, inputs)
         prof = Profile(
-            name=name, input_shapes=_shapes(inputs),
-            input_dtypes=[str(t.dtype).replace("torch.", "") for t in inputs if isinstance(t, torch.Tensor)],
+            name=name, input_shapes=[list(t.shape) for t in inputs.tensors()],
+            input_dtypes=[str(t.dtype).replace("torch.", "") for t in inputs.tensors()],
             device=str(dev), macs=ops.macs, params=sum(p.numel() for p in model.parameters()),
             weight_bytes=sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers())),
             peak_activation_bytes=ops.peak_activation_bytes, modules=_module_rows(model, ops.by_module),
@@ -294,9 +281,9 @@ def measure_settings(entries, *, runtimes=("eager",), threads=("1", "all"), batc
     for rt, (n_threads, label) in tqdm(jobs, desc="latency", disable=not progress or not jobs, leave=False):
         runners = {name: make_runner(m, x, rt, threads=n_threads or 1, device=str(dev)) for name, (m, x) in entries.items()}
         for b in batch_sizes:
-            batched = {name: resize_batch(x, int(b)) for name, (_, x) in entries.items()}
+            batched = {name: Example.of(x).resized(int(b)) for name, (_, x) in entries.items()}
             # bind each model to its own inputs so models with different input shapes can be interleaved
-            calls = {name: (lambda r=runners[name], x=batched[name]: r(*x)) for name in entries}
+            calls = {name: (lambda r=runners[name], x=batched[name]: x(r)) for name in entries}
             # compile / ORT do one-time work (compilation, allocator set-up) on the first call per shape
             w = warmup if rt == "eager" else max(int(warmup), 1)
             stats = compare_latency(calls, (), warmup=w, repeats=repeats, device=str(dev), threads=n_threads,
@@ -315,6 +302,6 @@ def _cuda_peak(runner, inputs, dev):
     torch.cuda.reset_peak_memory_stats(dev)
     base = torch.cuda.memory_allocated(dev)
     with torch.no_grad():
-        runner(*inputs)
+        inputs(runner)
     torch.cuda.synchronize(dev)
     return torch.cuda.max_memory_allocated(dev) - base

@@ -11,7 +11,8 @@ import sys
 
 # (flag, dest, type, help); every default is SUPPRESS so only flags actually given override the YAML.
 _OPTIONS = [
-    ("--model", "model", str, "zoo model name (slimkit.models.list_models())"),
+    ("--model", "model", str, "zoo model name (slimkit.models.list_models()), pkg.module:function, "
+                              "path/file.py:function or hf:DIR"),
     ("--model-opts", "model_options", str, "model builder options k=v,k=v, e.g. spec=OUT/best_spec.json for "
                                           "--model nas (slimkit search)"),
     ("--data", "data", str, "data set spec for slimkit.data.load_dataset, e.g. digits or cifar10:PATH"),
@@ -122,6 +123,10 @@ def build_model(name, splits, checkpoint=None, options=None):
 
     from slimkit.models import create_model, get_model_info
 
+    if ":" in name:  # a user model: pkg.module:function, path/file.py:function or hf:DIR
+        from slimkit.models.user import resolve_model
+
+        return resolve_model(name, checkpoint).model
     info = get_model_info(name)  # ValueError naming the known models
     kwargs = {}
     if "num_classes" in inspect.signature(info.builder).parameters and getattr(splits, "num_classes", None):
