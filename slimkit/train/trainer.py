@@ -467,6 +467,7 @@ class Trainer:
             if log:
                 _write_yaml(os.path.join(cfg.out_dir, "config.yaml"),
                             {**config_to_dict(cfg), "device": str(self.device),
+                             "overwrite": False,  # a choice of that invocation: a rerun from this file must not inherit it
                              "meta": {**cfg.meta, "world_size": self.world}})
                 log.reset(self.history)
             while self.epoch < cfg.epochs:

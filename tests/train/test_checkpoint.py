@@ -72,3 +72,27 @@ def test_rng_state_round_trip_through_file(tmp_path):
     assert random.random() == expected[0]
     np.testing.assert_array_equal(np.random.randn(3), expected[1])
     torch.testing.assert_close(torch.rand(3), expected[2], rtol=0, atol=0)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+def test_planted_payloads_in_checkpoints_never_run(tmp_path):
+    from slimkit.models import load_checkpoint as load_weights
+
+    marker = tmp_path / "marker"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "slimkit.train/1", "model": {"w": torch.zeros(1)}, "optimizer": _Payload(marker),
+                "epoch": 1, "step": 1, "rng": {}}, evil)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        load_checkpoint(evil)  # --resume
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        load_weights(torch.nn.Linear(1, 1), evil)  # --checkpoint
+    assert not marker.exists()
+    torch.load(evil, weights_only=False)  # the payload is live
+    assert marker.exists()
