@@ -24,6 +24,9 @@ import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import cifar_subsets  # noqa: E402
 
 from slimkit.nas import DIConfig, DisturbanceImmune, SupernetConfig, SupernetTrainer, get_space  # noqa: E402
 from slimkit.nas.supernet import ArchEvaluator  # noqa: E402
@@ -53,18 +56,12 @@ def parse(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--timing-steps", type=int, default=30)
+    p.add_argument("--timing-scope", default="all", help="DI scope timed (the arm that met the PD target)")
     return p.parse_args(argv)
 
 
 def data(args):
-    from slimkit.data import few_shot_indices, load_dataset
-
-    splits = load_dataset(f"cifar10:{args.data}", seed=0, holdout="balanced", test_fraction=0.1)
-    tx, ty = splits.train.tensors()
-    vx, vy = splits.test.tensors()
-    idx = few_shot_indices(ty, args.train_images // 10, 0)
-    vidx = few_shot_indices(vy, args.eval_images // 10, 0)
-    return tx[idx].float(), ty[idx].long(), vx[vidx].float(), vy[vidx].long()
+    return cifar_subsets(args.data, args.train_images, args.eval_images)
 
 
 def sequence(space, k, seed):
@@ -177,9 +174,9 @@ def timing(args):
     for regime in ("pd-protocol", "spos"):
         nets = {"plain": copy.deepcopy(base), "di": copy.deepcopy(base)}
         opts = {k: torch.optim.SGD(n.parameters(), lr=0.02, momentum=0.9) for k, n in nets.items()}
-        dis = {k: DisturbanceImmune(opts[k], nets[k], DIConfig(enabled=k == "di", samples=args.samples
-                                                               if regime == "pd-protocol" else 64))
-               for k in nets}
+        dis = {k: DisturbanceImmune(opts[k], nets[k], DIConfig(
+            enabled=k == "di", scope=args.timing_scope, samples=args.samples if regime == "pd-protocol" else 64))
+            for k in nets}
         times = {k: [] for k in nets}
         rng = random.Random(0)
         for step, (x, y) in enumerate(batches(tx, ty, args.batch_size, args.timing_steps + 3, 5)):

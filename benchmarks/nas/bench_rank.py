@@ -21,6 +21,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import cifar_subsets  # noqa: E402
 
 from slimkit.nas import DIConfig, SupernetConfig, SupernetTrainer, get_space  # noqa: E402
 from slimkit.nas.ranking import kendall_tau, read_nats_tss, spearman_rho, topk_overlap  # noqa: E402
@@ -41,7 +44,7 @@ def parse(argv=None):
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "nas", "rank"))
     p.add_argument("--C", type=int, default=8, help="proxy skeleton channels (published: 16)")
     p.add_argument("--N", type=int, default=1, help="proxy cells per stage (published: 5)")
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=4500)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--train-images", type=int, default=20000)
@@ -57,15 +60,9 @@ def parse(argv=None):
 
 
 def data(args):
-    from slimkit.data import few_shot_indices, load_dataset
-
-    splits = load_dataset(f"cifar10:{args.data}", seed=0, holdout="balanced", test_fraction=0.1)
-    tx, ty = splits.train.tensors()
-    vx, vy = splits.test.tensors()
-    idx = few_shot_indices(ty, args.train_images // 10, 0)
-    vidx = few_shot_indices(vy, args.eval_images // 10, 0)
-    calib = tx[idx][torch.randperm(len(idx), generator=torch.Generator().manual_seed(0))[:args.calib_images]]
-    return tx[idx].float(), ty[idx].long(), calib.float(), vx[vidx].float(), vy[vidx].long()
+    tx, ty, vx, vy = cifar_subsets(args.data, args.train_images, args.eval_images)
+    calib = tx[torch.randperm(len(ty), generator=torch.Generator().manual_seed(0))[:args.calib_images]]
+    return tx, ty, calib, vx, vy
 
 
 def sampled_cells(gt, n):

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Runs every (method, seed) of the ranking benchmark in resumable chunks of <= 14 min, then the report.
-# LOCK wraps each chunk (default: this machine's shared CPU lock; LOCK= to run without one).
+# Runs the ranking benchmark for METHOD (ws | di) and the given seeds in resumable chunks of <= 14 min,
+# then writes the report. Two of these (ws and di) can run side by side on 2 cores (1 thread each).
+# LOCK wraps each chunk (default: this machine's shared CPU lock; LOCK= runs without one).
+#   benchmarks/nas/run_rank.sh ws 0 1 2 & benchmarks/nas/run_rank.sh di 0 1 2
 set -u
 cd "$(dirname "$0")/../.."
 PY=.venv/bin/python
 LOCK=${LOCK-"nice -n 15 /work/tools/cpujob shared --"}
+method=$1; shift
 mkdir -p benchmarks/results/nas/rank
-for run in "ws 0" "ws 1" "ws 2" "di 0" "di 1" "di 2"; do
-  set -- $run
+for seed in "$@"; do
   for try in $(seq 20); do
-    $LOCK $PY benchmarks/nas/bench_rank.py run --method "$1" --seed "$2" --max-minutes 14 \
-      | tee -a benchmarks/results/nas/rank/log.txt | grep -q '^done' && break
+    $LOCK $PY benchmarks/nas/bench_rank.py run --method "$method" --seed "$seed" --max-minutes 14 \
+      | tee -a "benchmarks/results/nas/rank/log_$method.txt" | grep -q '^done' && break
   done
 done
 $PY benchmarks/nas/bench_rank.py report
