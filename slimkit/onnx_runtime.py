@@ -110,6 +110,7 @@ class OrtSession:
         require_ort()
         import onnxruntime as ort
 
+        ort.set_default_logger_severity(3)  # its warnings (unused initializers of quantized graphs) are not ours
         self.onnx_bytes, self.threads, self.level = onnx_bytes, threads, level
         self.session = ort.InferenceSession(onnx_bytes, session_options(level, threads),
                                             providers=["CPUExecutionProvider"])

@@ -49,8 +49,8 @@ def save(model, path, example_inputs, output=None):
     target = model if not example.kwargs else FlatModule(model, example, output)
     inputs = tuple(example.args) if not example.kwargs else tuple(example.tensors())
     try:
-        ep = torch.export.export(target, inputs, dynamic_shapes=tuple({0: batch} if torch.is_tensor(t) else None
-                                                                      for t in inputs))
+        dyn = tuple({0: batch} if torch.is_tensor(t) else None for t in inputs)
+        ep = torch.export.export(target, inputs, dynamic_shapes=dyn if target is model else (dyn,))  # *tensors
     except Exception as err:  # noqa: BLE001 - re-raised with what to do about it
         raise SlimkitError(f"save: torch.export could not trace {type(model).__name__}: {err}") from err
     finally:

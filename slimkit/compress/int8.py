@@ -44,6 +44,7 @@ class Int8Config(PassConfig):
     reduce_range: Optional[bool] = None
     threads: int = 0
     level: Literal["auto", "all", "extended", "basic", "disabled"] = "auto"
+    op_types: str = ""  # ONNX op types to quantize, |-separated (e.g. Conv|Gemm); "" = all ORT supports
     max_rel_error: float = 0.3
     exporter: Literal["torchscript", "dynamo"] = "torchscript"
 
@@ -125,8 +126,10 @@ def calibration_examples(example_inputs, context, config):
     return out or [example]
 
 
-def quantize_onnx(onnx_bytes, feeds, config):
+def quantize_onnx(onnx_bytes, feeds, config, op_types=None):
     """Static QDQ int8 quantization of ONNX bytes; returns the int8 ONNX bytes."""
+    import contextlib
+    import logging
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -140,13 +143,21 @@ def quantize_onnx(onnx_bytes, feeds, config):
             quant_pre_process(src, pre, skip_symbolic_shape=False)
         except Exception:  # noqa: BLE001 - pre-processing is an optimisation, not required
             pre = src
-        quantize_static(
-            pre, dst, _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
-            reduce_range=needs_reduce_range() if config.reduce_range is None else config.reduce_range,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=method,
-            extra_options={"CalibTensorRangeSymmetric": False},
-        )
+        types = op_types if op_types is not None else [t for t in config.op_types.split("|") if t]
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # the quantizer logs per-tensor chatter ("Axis 1 is out-of-range ...")
+        try:
+            with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+                quantize_static(
+                    pre, dst, _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
+                    reduce_range=needs_reduce_range() if config.reduce_range is None else config.reduce_range,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=method, op_types_to_quantize=types or None,
+                    extra_options={"CalibTensorRangeSymmetric": False},
+                )
+        finally:
+            root.setLevel(level)
         with open(dst, "rb") as f:
             return f.read()
 
@@ -161,7 +172,7 @@ def _rel_error_and_variation(session, reference, examples):
     return rel, var_o, var_r
 
 
-def choose_level(int8_bytes, fp32, examples, config, names):
+def choose_level(int8_bytes, fp32, examples, config, names, diagnose=lambda: ""):
     """(session, level, report) of the highest ORT optimisation level whose int8 output agrees with fp32."""
     levels = LEVELS if config.level == "auto" else (config.level,)
     tried = {}
@@ -179,8 +190,7 @@ def choose_level(int8_bytes, fp32, examples, config, names):
     worst = ", ".join(f"{lv}: rel. error {t['rel_error']:.3g}{' (constant output)' if t['constant'] else ''}"
                       for lv, t in tried.items())
     raise CompressionCheckError(f"int8: the quantized ONNX Runtime model does not match fp32 ONNX Runtime at any "
-                                f"optimisation level tried ({worst}; bound {config.max_rel_error}); "
-                                "try int8(per_channel=false), calibrate=entropy or more calibration data")
+                                f"optimisation level tried ({worst}; bound {config.max_rel_error}){diagnose()}")
 
 
 @register_pass(Int8Config)
@@ -201,7 +211,24 @@ def int8(model, example_inputs, config, context=None):
     fp32 = OrtSession(fp32_bytes, names, threads=config.threads)
     feeds = [fp32.feed(ex.tensors()) for ex in calib]
     int8_bytes = quantize_onnx(fp32_bytes, feeds, config)
-    _, level, report = choose_level(int8_bytes, fp32, calib, config, names)
+
+    def diagnose():
+        """Which op type breaks it: the error with only that type quantized, worst first."""
+        import onnx
+
+        present = {n.op_type for n in onnx.load_from_string(fp32_bytes).graph.node}
+        errs = {}
+        for op in sorted(present & {"Conv", "Gemm", "MatMul", "Add", "Mul", "Clip", "Relu", "AveragePool",
+                                    "GlobalAveragePool", "MaxPool", "Concat", "Sigmoid"}):
+            sess = OrtSession(quantize_onnx(fp32_bytes, feeds, config, [op]), names, threads=config.threads,
+                              level="basic")
+            errs[op] = _rel_error_and_variation(sess, fp32, calib)[0]
+        ranked = sorted(errs.items(), key=lambda kv: -kv[1])
+        ok = [op for op, e in ranked if e <= config.max_rel_error / 2]
+        return ("; rel. error with one op type quantized: " + ", ".join(f"{op} {e:.3g}" for op, e in ranked) +
+                (f"; keep the others in fp32 with int8(op_types={'|'.join(ok)})" if ok else ""))
+
+    _, level, report = choose_level(int8_bytes, fp32, calib, config, names, diagnose)
     if context is not None:
         context.extras["int8"] = report
     return OrtModule(int8_bytes, threads=config.threads, kind="int8", level=level, names=names)
