@@ -1,9 +1,10 @@
 """The per-block latency look-up table vs whole-network measurements (run under an exclusive CPU lock).
 
 Builds the table for the ``seesaw`` space (every block of the covering set, timed with slimkit.profile,
-interleaved in chunks), then times whole networks (sampled architectures and the zoo's MobileNetV2 /
-Seesaw-Net at several widths, interleaved round-robin) and reports the table's error on each. Writes
-the table (reused by bench_search.py) and lut_check.json / lut_check.md:
+interleaved in chunks), calibrates its one scale factor on ``--calib-archs`` sampled whole networks,
+then times OTHER whole networks (sampled architectures and the zoo's MobileNetV2 / Seesaw-Net at several
+widths, interleaved round-robin) and reports the error of the calibrated estimate and of the raw block
+sum on each. Writes the table (reused by bench_search.py) and lut_check.json / lut_check.md:
 
     /work/tools/cpujob exclusive -- python benchmarks/nas/bench_lut.py --runtime eager --threads 1
 """
@@ -38,6 +39,7 @@ def parse(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--check-archs", type=int, default=20)
+    p.add_argument("--calib-archs", type=int, default=8)
     p.add_argument("--out", default=OUT)
     return p.parse_args(argv)
 
@@ -50,14 +52,23 @@ def main(args):
     t0 = time.time()
     lut = LatencyLUT(space, args.runtime, args.threads, 1, warmup=5, repeats=args.repeats)
     n = lut.measure(space.covering(space), progress=True)
-    lut.save(path)
-    build_s = time.time() - t0
     rng = random.Random(0)
     archs = [space.sample(rng) for _ in range(args.check_archs)]
+    crng, calib = random.Random(1), []
+    while len(calib) < args.calib_archs:  # calibration networks: none of them is checked
+        a = space.sample(crng)
+        if a not in archs and a not in calib:
+            calib.append(a)
+    lut.calibrate(calib, repeats=args.repeats)
+    lut.save(path)
+    build_s = time.time() - t0
     mnv2 = space.parse("seesaw:w1/1x1k3dense/2x6k3dense/3x6k3dense/4x6k3dense/3x6k3dense/3x6k3dense/1x6k3dense")
     rows = lut.check(archs + [mnv2], repeats=args.repeats)
     rows[-1]["note"] = "= zoo mobilenet_v2 (width 1)"
+    for r in rows:
+        r["raw_error_pct"] = 100.0 * (r["block_sum_ms"] - r["measured_ms"]) / r["measured_ms"]
     errs = [abs(r["error_pct"]) for r in rows]
+    raw = [abs(r["raw_error_pct"]) for r in rows]
     # the zoo's hand-made networks at several widths, timed interleaved (the search benchmark's baselines)
     x = torch.randn(1, 3, 32, 32)
     zoo = {}
@@ -70,15 +81,20 @@ def main(args):
     result = {"cpu": cpu_name(), "torch": torch.__version__, "runtime": args.runtime, "threads": args.threads,
               "batch_size": 1, "blocks_measured": n, "lut_entries": len(lut.entries), "lut_build_s": build_s,
               "median_abs_error_pct": statistics.median(errs), "max_abs_error_pct": max(errs),
-              "mean_error_pct": statistics.fmean(r["error_pct"] for r in rows), "rows": rows, "zoo": zoo_rows,
+              "mean_error_pct": statistics.fmean(r["error_pct"] for r in rows), "scale": lut.scale,
+              "calib_archs": len(calib), "raw_median_abs_error_pct": statistics.median(raw),
+              "raw_mean_error_pct": statistics.fmean(r["raw_error_pct"] for r in rows), "rows": rows, "zoo": zoo_rows,
               "loadavg": os.getloadavg(), "lut_file": os.path.relpath(path, ROOT)}
     with open(os.path.join(args.out, f"lut_check_{args.space}_{tag}.json"), "w") as f:
         json.dump(result, f, indent=1)
     md = [f"LUT vs whole network, space {args.space}, {args.runtime}, {args.threads} thread(s), batch 1, "
           f"{cpu_name()}, torch {torch.__version__}, load {os.getloadavg()[0]:.2f}",
           f"median |error| {result['median_abs_error_pct']:.1f}%, max {result['max_abs_error_pct']:.1f}%, "
-          f"mean signed {result['mean_error_pct']:+.1f}% over {len(rows)} networks", "",
-          to_markdown(rows, ["spec", ("lut_ms", "LUT ms"), ("measured_ms", "measured ms"), ("error_pct", "error %")]),
+          f"mean signed {result['mean_error_pct']:+.1f}% over {len(rows)} networks (scale {lut.scale:.3f} calibrated on "
+          f"{len(calib)} other networks); raw block sum: median |error| {result['raw_median_abs_error_pct']:.1f}%, "
+          f"mean signed {result['raw_mean_error_pct']:+.1f}%", "",
+          to_markdown(rows, ["spec", ("lut_ms", "LUT ms"), ("measured_ms", "measured ms"), ("error_pct", "error %"),
+                             ("block_sum_ms", "block sum ms"), ("raw_error_pct", "raw error %")]),
           "", to_markdown(zoo_rows, ["model", ("median_ms", "median ms"), ("iqr_ms", "IQR ms")])]
     with open(os.path.join(args.out, f"lut_check_{args.space}_{tag}.md"), "w") as f:
         f.write("\n".join(md) + "\n")

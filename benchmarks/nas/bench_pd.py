@@ -41,14 +41,14 @@ def parse(argv=None):
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "nas", "pd"))
     p.add_argument("--C", type=int, default=8)
     p.add_argument("--N", type=int, default=1)
-    p.add_argument("--warmup-steps", type=int, default=600)
-    p.add_argument("--archs", type=int, default=8, help="K architectures trained in sequence")
-    p.add_argument("--steps-per-arch", type=int, default=40)
-    p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--warmup-steps", type=int, default=1000)
+    p.add_argument("--archs", type=int, default=6, help="K architectures trained in sequence")
+    p.add_argument("--steps-per-arch", type=int, default=100)
+    p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--train-images", type=int, default=10000)
+    p.add_argument("--train-images", type=int, default=5000)
     p.add_argument("--eval-images", type=int, default=500)
-    p.add_argument("--arms", default="ops:0.01,all:0.01,all:0.001",
+    p.add_argument("--arms", default="all:0.01,all:0.001,ops:0.01",
                    help="DI arms SCOPE:ALPHA,... (scope ops = searched operations only, all = every layer)")
     p.add_argument("--max-arms", type=int, default=99, help="arms to run in this invocation (the rest resume later)")
     p.add_argument("--decay", type=float, default=0.05)
@@ -203,7 +203,7 @@ def timing(args):
     out = {"rows": rows, "cpu": cpu_name(), "torch": torch.__version__, "threads": args.threads,
            "loadavg": os.getloadavg(), "settings": vars(args)}
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "timing.json"), "w") as f:
+    with open(os.path.join(args.out, f"timing_{args.timing_scope}.json"), "w") as f:
         json.dump(out, f, indent=1)
 
 

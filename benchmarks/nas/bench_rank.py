@@ -51,7 +51,7 @@ def parse(argv=None):
     p.add_argument("--cells", type=int, default=200)
     p.add_argument("--eval-images", type=int, default=500)
     p.add_argument("--calib-images", type=int, default=256)
-    p.add_argument("--di-opts", default="alpha=0.01,decay=0.05", help="DIConfig k=v,... for --method di")
+    p.add_argument("--di-opts", default="alpha=0.01,decay=0.05,scope=all", help="DIConfig k=v,... for --method di (default: the arm that met the PD target)")
     p.add_argument("--search-population", type=int, default=20)
     p.add_argument("--search-generations", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
@@ -106,6 +106,8 @@ def run(args):
               f"{sum(h['loss'] for h in trainer.history[-50:]) / 50:.3f}", flush=True)
     if trainer.step_count < cfg.steps:
         return print("partial: training")
+    _dump(os.path.join(run_dir, "train.json"), {"step": trainer.step_count, "train_seconds": trainer.train_seconds,
+                                                "di": vars(di), "loadavg": os.getloadavg()})
     evaluate = ArchEvaluator(supernet, calib, vx, vy)
     est_path = os.path.join(run_dir, "estimates.json")
     est = _json(est_path, {})
@@ -153,7 +155,10 @@ def summarize(run_dir, gt_best=OPTIMUM):
     e = [v["estimate"] for v in est.values()]
     t = [v["truth"] for v in est.values()]
     top = max(est.values(), key=lambda v: v["estimate"])
-    ckpt = torch.load(os.path.join(run_dir, "supernet.pt"), map_location="cpu", weights_only=True)
+    ckpt = _json(os.path.join(run_dir, "train.json"), None)  # small; the checkpoint is not committed
+    if ckpt is None:
+        ckpt = {k: v for k, v in torch.load(os.path.join(run_dir, "supernet.pt"), map_location="cpu",
+                                            weights_only=True).items() if k in ("step", "train_seconds")}
     search = _json(os.path.join(run_dir, "search.json"), {})
     return {"cells": len(est), "kendall_tau": float(kendall_tau(e, t)), "spearman": spearman_rho(e, t),
             "top10_overlap": topk_overlap(e, t, 10), "train_s": ckpt["train_seconds"], "steps": ckpt["step"],

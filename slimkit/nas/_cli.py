@@ -38,6 +38,8 @@ def add_arguments(p):
     p.add_argument("--threads", type=int, default=1, help="threads for latency measurements")
     p.add_argument("--lut", default=None, help="latency table to use/extend (default OUT/lut.json)")
     p.add_argument("--lut-repeats", type=int, default=30)
+    p.add_argument("--lut-calibrate", type=int, default=8,
+                   help="whole networks timed to calibrate a new table (scale = measured / block sum); 0 = raw sum")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the search checkpointed in --out")
     p.add_argument("--no-progress", action="store_true")
@@ -52,7 +54,7 @@ def _options(text, what):
 def _settings(args):
     keep = ("space", "space_opts", "data", "budget", "strategy", "val_fraction", "train_images", "eval_images",
             "calib_images", "supernet_steps", "batch_size", "lr", "di", "di_opts", "population", "parents",
-            "mutations", "crossovers", "runtime", "threads", "lut_repeats", "seed")
+            "mutations", "crossovers", "runtime", "threads", "lut_repeats", "lut_calibrate", "seed")
     return {k: getattr(args, k) for k in keep}
 
 
@@ -108,6 +110,13 @@ def _lut(args, space, budget):
     if space.covering is not None and lut.missing(space.covering(space)):
         print(f"measuring the latency look-up table ({args.runtime}, {args.threads} thread(s), batch 1) ...", flush=True)
         lut.measure(space.covering(space), progress=not args.no_progress)
+        lut.save(path)
+    if args.lut_calibrate > 0 and not lut.calibration:
+        import random
+
+        rng = random.Random(10_000 + args.seed)  # not the search's own stream
+        lut.calibrate([space.sample(rng) for _ in range(args.lut_calibrate)], progress=not args.no_progress)
+        print(f"latency table calibrated on {args.lut_calibrate} whole networks: scale {lut.scale:.3f}", flush=True)
         lut.save(path)
     return lut, path
 

@@ -3,7 +3,10 @@ latency from a per-block look-up table of latencies MEASURED with ``slimkit.prof
 
 Budgets are ``key=value`` lists: ``latency_ms=5``, ``macs=50M``, ``params=1.5M`` (k/M/G suffixes).
 The table is keyed by each block's shape and choices (``SearchSpace.blocks``); an architecture's
-estimate is the sum of its blocks. ``LatencyLUT.check`` times whole networks against the estimate.
+estimate is the sum of its blocks times ``scale``. A block timed alone runs with its weights and
+activations hot in cache, so the plain sum under-estimates a whole network (by ~17% on the 2-core EPYC
+here, eager, batch 1); ``LatencyLUT.calibrate`` sets ``scale`` to the median measured / summed ratio
+of a few whole networks, and ``LatencyLUT.check`` times other whole networks against the estimate.
 """
 import json
 import os
@@ -47,10 +50,13 @@ def _key_text(key):
 class LatencyLUT:
     """Measured block latencies (median ms) for one runtime, thread count and batch size."""
 
-    def __init__(self, space, runtime="eager", threads=1, batch_size=1, warmup=5, repeats=30, entries=None):
+    def __init__(self, space, runtime="eager", threads=1, batch_size=1, warmup=5, repeats=30, entries=None,
+                 scale=1.0, calibration=None):
         self.space, self.runtime, self.threads, self.batch_size = space, runtime, int(threads), int(batch_size)
         self.warmup, self.repeats = int(warmup), int(repeats)
         self.entries = dict(entries or {})  # key text -> {"median_ms", "iqr_ms", "load1"}
+        self.scale = float(scale)  # whole network / sum of its blocks (1.0 until calibrate())
+        self.calibration = list(calibration or [])  # the rows calibrate() measured
 
     def _blocks(self, arch):
         return self.space.blocks(self.space, parse_spec(arch))
@@ -85,14 +91,19 @@ class LatencyLUT:
         bar.close()
         return len(todo)
 
-    def estimate(self, arch) -> float:
+    def block_sum(self, arch) -> float:
         """Sum of the block latencies of ``arch`` (blocks not in the table are measured first)."""
         if self.missing([arch]):
             self.measure([arch])
         return sum(self.entries[_key_text(k)]["median_ms"] for k, _m, _s in self._blocks(arch))
 
+    def estimate(self, arch) -> float:
+        """``scale`` x the sum of the block latencies of ``arch``."""
+        return self.scale * self.block_sum(arch)
+
     def check(self, archs, repeats=None, progress=False):
-        """Rows {spec, lut_ms, measured_ms, error_pct}: whole networks timed interleaved vs the estimate."""
+        """Rows {spec, lut_ms, block_sum_ms, measured_ms, error_pct}: whole networks timed interleaved vs
+        the estimate."""
         from slimkit.profile import compare_latency, make_runner
 
         archs = [parse_spec(a) for a in archs]
@@ -106,8 +117,21 @@ class LatencyLUT:
         rows = []
         for a in archs:
             est, meas = self.estimate(a), stats[a.encode()].median_ms
-            rows.append({"spec": a.encode(), "lut_ms": est, "measured_ms": meas,
+            rows.append({"spec": a.encode(), "lut_ms": est, "block_sum_ms": self.block_sum(a), "measured_ms": meas,
                          "error_pct": 100.0 * (est - meas) / meas, "load1": stats[a.encode()].loadavg[0]})
+        return rows
+
+    def calibrate(self, archs, repeats=None, progress=False):
+        """Time ``archs`` whole and set ``scale`` = median(measured / block sum) over them (one number per
+        table: the cache effect is a property of the machine and runtime, not of one network). Check on
+        OTHER networks afterwards. Returns the rows measured."""
+        rows = self.check(archs, repeats=repeats, progress=progress)
+        ratios = sorted(r["measured_ms"] / r["block_sum_ms"] for r in rows)
+        if not ratios:
+            raise ValueError("calibrate needs at least one architecture")
+        mid = len(ratios) // 2
+        self.scale = ratios[mid] if len(ratios) % 2 else 0.5 * (ratios[mid - 1] + ratios[mid])
+        self.calibration = rows
         return rows
 
     def to_dict(self):
@@ -117,7 +141,8 @@ class LatencyLUT:
                                                             if isinstance(v, (int, float, str))},
                 "runtime": self.runtime, "threads": self.threads, "batch_size": self.batch_size,
                 "warmup": self.warmup, "repeats": self.repeats, "cpu": cpu_name(), "torch": torch.__version__,
-                "python": platform.python_version(), "entries": self.entries}
+                "python": platform.python_version(), "scale": self.scale, "calibration": self.calibration,
+                "entries": self.entries}
 
     def save(self, path):
         tmp = f"{path}.tmp"
@@ -134,7 +159,8 @@ class LatencyLUT:
         found = {k: d.get(k) for k in asked}
         if found != asked:
             raise ValueError(f"latency table {path!r} was measured for {found}, not {asked}; use another --lut file")
-        return cls(space, runtime, threads, batch_size, d.get("warmup", 5), d.get("repeats", 30), d["entries"])
+        return cls(space, runtime, threads, batch_size, d.get("warmup", 5), d.get("repeats", 30), d["entries"],
+                   d.get("scale", 1.0), d.get("calibration"))
 
 
 class CostModel:

@@ -60,6 +60,21 @@ def test_evolution_respects_a_latency_budget_from_the_lut():
     assert len(lut.entries) == n_entries  # the covering set held every block the search met
 
 
+def test_lut_calibration_scales_the_block_sum_by_the_median_ratio_and_is_saved(tmp_path):
+    space = get_space("seesaw_tiny")
+    lut = LatencyLUT(space, warmup=0, repeats=1)
+    rng = random.Random(3)
+    archs = [space.sample(rng) for _ in range(3)]
+    rows = lut.calibrate(archs)
+    assert len(rows) == 3 and len(lut.calibration) == 3
+    ratios = sorted(r["measured_ms"] / r["block_sum_ms"] for r in rows)
+    assert lut.scale == pytest.approx(ratios[1], rel=1e-12)  # median of three
+    other = space.sample(rng)
+    assert lut.estimate(other) == pytest.approx(lut.scale * lut.block_sum(other), rel=1e-12)
+    loaded = LatencyLUT.load(space, lut.save(str(tmp_path / "lut.json")))
+    assert loaded.scale == lut.scale and loaded.estimate(other) == pytest.approx(lut.estimate(other), rel=1e-12)
+
+
 def test_interrupted_or_extended_search_follows_the_same_trajectory(tmp_path):
     space = get_space("cell")
     cost = CostModel(space)
