@@ -1201,12 +1201,14 @@ class ChannelGraph:
             g = ChannelGroup(len(self.groups), uniq, prunable=root not in fixed_roots)
             self.groups.append(g)
             self.root_to_group[root] = g.id
+        # the union-find is final now: one table element -> group id makes every later lookup a numpy index
+        self._elem_gid = np.array([self.root_to_group.get(self.uf.find(e), -1) for e in range(len(self.uf.parent))],
+                                  dtype=np.int64)
 
     # ---------------------------------------------------------------- queries
     def group_ids(self, elems):
         """Group id per element (-1: no group, e.g. a kernel position or a fixed input channel)."""
-        return np.array([self.root_to_group.get(self.uf.find(int(e)), -1) for e in np.asarray(elems).ravel()],
-                        dtype=np.int64).reshape(np.asarray(elems).shape)
+        return self._elem_gid[np.asarray(elems, dtype=np.int64)]
 
     def group_of(self, elem):
         return self.root_to_group.get(self.uf.find(int(elem)))

@@ -198,20 +198,22 @@ def apply_removal(graph, removed_groups, model, fold=None):
             for fqn, fn in fold.items():
                 fn(_get_tensor(new, fqn))
     touched = set()
+    owners = _tensor_owners(new)  # tied tensors: every owner gets the sliced one
     for fqn, dims in keep.items():
         t = _get_tensor(new, fqn)
-        owners = _tensor_owners(new)  # tied tensors: every owner gets the sliced one
         sliced = t.detach()
         for d, idx in sorted(dims.items()):
             sliced = sliced.index_select(d, idx)
         sliced = sliced.clone()
         param = nn.Parameter(sliced, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else None
-        for mod, name, is_param in owners.get(id(t), []):
+        entries = owners.pop(id(t), [])
+        for mod, name, is_param in entries:
             if is_param:
                 mod._parameters[name] = param
             else:
                 mod._buffers[name] = sliced
             touched.add(mod)
+        owners[id(param if param is not None else sliced)] = entries
     for owner, size in graph.groupnorms:
         if owner:
             mod = new.get_submodule(owner)

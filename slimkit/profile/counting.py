@@ -129,10 +129,29 @@ def count_macs(model, example_inputs):
     """Total MACs of one forward pass of ``model`` on ``example_inputs`` (a tensor, a tuple, a dict of
     keyword inputs or a ``slimkit.model_io.Example``)."""
     example = Example.of(example_inputs)
+    meta = _on_meta(model, example)
+    if meta is not None:  # shapes are all a count needs: no arithmetic on the meta device
+        try:
+            counter = _counter()
+            with counter:
+                meta[1](meta[0])
+            return counter.get_total_flops() // 2
+        except Exception:  # noqa: BLE001 - a forward that needs real values (.item(), data-dependent): count for real
+            pass
     counter = _counter()
     with counter:
         example(model)
     return counter.get_total_flops() // 2
+
+
+def _on_meta(model, example):
+    """(meta copy of the model, meta example), or None when the model cannot be copied."""
+    import copy
+
+    try:
+        return copy.deepcopy(model).to("meta"), example.map(lambda t: t.to("meta"))
+    except Exception:  # noqa: BLE001 - e.g. an ONNX Runtime session inside: no meta copy
+        return None
 
 
 @torch.no_grad()
