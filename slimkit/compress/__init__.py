@@ -9,7 +9,7 @@ import importlib
 from slimkit._callable import make_module_callable
 from slimkit.compress.base import CompressContext, PassConfig, get_pass, list_passes, register_pass
 
-_PASS_MODULES = ("fold", "lowrank", "prune", "prune_unstructured", "pq", "int8", "distill", "budget")
+_PASS_MODULES = ("fold", "lowrank", "prune", "prune_unstructured", "pq", "int8", "bnrecal", "synth", "drop", "distill", "budget")
 
 for _name in _PASS_MODULES:
     _full = f"{__name__}.{_name}"

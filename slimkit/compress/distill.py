@@ -1,39 +1,41 @@
-"""distill: few-shot recovery of a compressed student from the original teacher (Bai et al., AAAI 2020).
+"""distill: few-shot recovery of a compressed student from the original teacher.
 
-``method="cross"`` (cross distillation): conv/linear layers are fitted one at a time, first to last.
-For a student layer W_s with teacher counterpart W_t, x_t is the layer input in the teacher and x_s
-in the student (earlier layers already fitted). Correction loss L_c = ||W_s x_t - W_t x_t||^2 (the
-student layer on the teacher's hidden input), imitation loss L_i = ||W_s x_s - W_t x_s||^2 (the
-teacher layer on the student's hidden input; channels the student no longer has are filled with the
-teacher's activations, see ``_imitation_target``), L = mu L_c + (1 - mu) L_i, each a mean over
-elements. Then an end-to-end fine-tune on the same images (Adam, cross-entropy + KD to the teacher's
-logits, random shifts), as the paper's fine-tune with its optional KD and augmentation switched on.
+Two stages, both on the K-shot images (``data``; with ``data=None``, the synthetic images of an earlier
+``synth`` pass):
 
-Both losses are quadratic in (W_s, b_s), so the default ``solver="lsq"`` solves each layer in closed
-form: with A = im2col rows of the layer input, G = mu A_t'A_t + (1 - mu) A_s'A_s and
-B = mu A_t'Y_t + (1 - mu) A_s'Y_st, W = (G + ridge * mean(diag G) I)^-1 B. This is the exact minimiser
-the paper approaches with Adam (``solver="adam"``, ``iters`` steps); with 10 images per class a
-32x32 layer still has ~100k rows for a few hundred unknowns, so the solve is well posed and takes
-milliseconds instead of minutes. The default ridge (1e-2) was the best of 1e-4..1e-1 for layer-wise
-recovery of a pruned ResNet-20 (77.1% -> 80.9% top-1 before fine-tune, K=10).
-Baselines on the same data: ``"layerwise"`` (L = ||W_s x_s - W_t x_t||^2, then the same fine-tune)
-and ``"finetune"`` (the fine-tune only).
+1. **Layer by layer, first to last** (``method="layerwise"`` or ``"cross"``): each conv/linear layer is refit
+   by closed-form least squares, its inputs taken from the student whose earlier layers are already fitted,
+   so errors do not accumulate. ``layerwise`` (channel pruning of He et al. 2017): ``||W_s x_s - W_t x_t||^2``,
+   the student layer on the student's input against the teacher layer on the teacher's; ``cross`` (cross
+   distillation, Bai et al. 2020): ``mu ||W_s x_t - W_t x_t||^2 + (1 - mu) ||W_s x_s - W_t x_s||^2``.
+   With a prune record (``surgery.prune_record``), ``select="recon"`` also re-chooses WHICH teacher channels
+   each single-producer chain keeps (the count prune chose stays): the producer is refit at full width, the
+   layers reading its channels are solved for every channel, and channels are removed one at a time by the
+   exact least-squares error of those layers (``recon.greedy_select``); the readers keep the least-squares
+   refit on the kept channels. Rows: ``views`` random crops/flips of each image. See ``recon.py``.
+2. **Function matching** (``steps`` SGD steps, see ``matching.py``): KL to the teacher's outputs on
+   crops/flips/mixup/cutmix of the images, the same view for both, optionally plus penultimate features.
 
-The teacher is the model before the first lossy pass (``context.extras["reference"]``, set by
-``compress``; else ``context.teacher``). Layers are paired by module name; when pruning removed
-channels, the kept input/output channels are recovered by matching the student's weights to exact
-slices of the teacher's (what pruning leaves before any retraining). A layer whose channels cannot
-be matched is skipped and listed in ``model.distill_report``.
+``method="finetune"`` runs stage 2 only. ``bnrecal=true`` re-estimates BatchNorm statistics between the
+stages. The teacher is the model before the first lossy pass (``context.extras["reference"]``, set by
+``compress``; else ``context.teacher``). Layers pair with the teacher's by module name; without a prune
+record the kept channels are recovered by matching weights to exact slices of the teacher's, and a layer
+that matches nothing is skipped and listed in ``model.distill_report``.
 """
 import copy
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
 
+from slimkit.compress._hooks import run_hooked
 from slimkit.compress.base import PassConfig, register_pass
+from slimkit.compress.bnrecal import recalibrate
 from slimkit.compress.importance import gram_solve
+from slimkit.compress.matching import MatchSettings, function_matching
+from slimkit.compress.recon import Quadratic, greedy_select, solve
+from slimkit.compress.views import flip_safe, random_views
 from slimkit.errors import SlimkitError
 
 _LAYERS = (torch.nn.Conv2d, torch.nn.Linear)
@@ -41,49 +43,56 @@ _LAYERS = (torch.nn.Conv2d, torch.nn.Linear)
 
 @dataclass
 class DistillConfig(PassConfig):
-    """k: images per class taken from ``data``; mu: weight of the correction loss; solver: closed-form
-    least squares per layer ("lsq") or the paper's Adam loop ("adam", ``iters`` steps at ``lr``);
-    finetune_*: the end-to-end Adam fine-tune (0 epochs = none); kd: weight of a knowledge-distillation
-    term (teacher logits, T=4) added to its cross-entropy; augment: random shifts of up to 1/8 of the
-    image size during the fine-tune; flip: also random horizontal flips (off: wrong for digits/text)."""
+    """method: layer-wise objective (``layerwise`` | ``cross``) or ``finetune`` (function matching only);
+    select: ``recon`` re-selects the kept channels of pruned chains by reconstruction, ``keep`` keeps prune's;
+    k: images per class taken from ``data`` (None: all); mu: cross's correction weight; ridge: Tikhonov weight
+    relative to the mean diagonal of each Gram matrix; views: random crops/flips per image for the layer
+    solves; bnrecal: re-estimate BatchNorm statistics after the layer stage; steps/lr/batch_size: the
+    function-matching fine-tune (SGD one-cycle, peak lr); temperature: of the KL; features: weight of the
+    penultimate-feature MSE; mix: mixup/cutmix between the images; flip: horizontal flips (``auto``: when the
+    teacher says mirrored images keep their class)."""
 
     name = "distill"
     lossless = False
-    method: Literal["cross", "layerwise", "finetune"] = "cross"
-    k: int = 10
+    recovery = True
+    method: Literal["layerwise", "cross", "finetune"] = "layerwise"
+    select: Literal["recon", "keep"] = "recon"
+    k: Optional[int] = 10
     mu: float = 0.6
     solver: Literal["lsq", "adam"] = "lsq"
-    ridge: float = 1e-2  # lsq: Tikhonov weight relative to the mean diagonal of the Gram matrix
-    iters: int = 150  # adam only
-    lr: float = 1e-3  # adam only
-    batch_size: int = 50
-    finetune_epochs: int = 100
-    finetune_lr: float = 3e-4
-    kd: float = 1.0  # weight of the teacher-logit KD term in the fine-tune (temperature 4); 0 = CE only
-    augment: bool = True
-    flip: bool = False
+    ridge: float = 1e-2
+    iters: int = 150  # adam solver only
+    views: int = 4
+    bnrecal: bool = False
+    steps: int = 1500
+    lr: float = 0.01
+    batch_size: int = 64
+    temperature: float = 1.0
+    features: float = 0.0
+    feature_at: Literal["penultimate", "blocks"] = "penultimate"
+    mix: Literal["none", "mixup", "cutmix", "both"] = "both"
+    flip: Literal["auto", "on", "off"] = "auto"
     seed: int = 0
 
     def __post_init__(self):
         if not 0.0 <= self.mu <= 1.0:
-            raise ValueError(f"mu must be in [0, 1], got {self.mu}")
-        if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
-        if self.ridge < 0:
-            raise ValueError(f"ridge must be >= 0, got {self.ridge}")
+            raise ValueError(f"distill: mu must be in [0, 1], got {self.mu}")
+        if self.k is not None and self.k < 1:
+            raise ValueError(f"distill: k must be >= 1 (or none: all images), got {self.k}")
+        if self.ridge < 0 or self.views < 1 or self.steps < 0:
+            raise ValueError("distill: ridge >= 0, views >= 1 and steps >= 0 are required")
 
 
 def few_shot(data, k, seed):
-    """At most k (x, y) pairs per class from an iterable of batches -> (X, Y) tensors."""
-    xs, ys = [], []
-    for batch in data:
-        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise SlimkitError("distill: data must yield (images, labels) batches")
-        xs.append(batch[0])
-        ys.append(batch[1])
-    if not xs:
+    """At most k (x, y) pairs per class (all when k is None) -> (X, Y) tensors; unlabelled data (Y None)
+    keeps its first images."""
+    from slimkit.data.batches import as_tensors
+
+    X, Y = data if isinstance(data, tuple) and len(data) == 2 and torch.is_tensor(data[0]) else as_tensors(data)
+    if len(X) == 0:
         raise SlimkitError("distill: data is empty; it needs K labelled images per class")
-    X, Y = torch.cat(xs), torch.cat(ys)
+    if k is None or Y is None:
+        return X, Y
     order = torch.randperm(len(Y), generator=torch.Generator().manual_seed(seed))
     keep, seen = [], {}
     for i in order.tolist():
@@ -96,7 +105,8 @@ def few_shot(data, k, seed):
 
 
 def channel_maps(w_ref, w_stu):
-    """(out_idx, in_idx) with w_ref[out_idx][:, in_idx] == w_stu exactly, or None if not a slice."""
+    """(out_idx, in_idx) with w_ref[out_idx][:, in_idx] == w_stu exactly, or None if not a slice (the fallback
+    when the model carries no prune record)."""
     if w_ref.shape == w_stu.shape and torch.equal(w_ref, w_stu):
         return torch.arange(w_ref.shape[0]), torch.arange(w_ref.shape[1])
     if w_ref.shape[2:] != w_stu.shape[2:]:
@@ -120,58 +130,49 @@ def channel_maps(w_ref, w_stu):
     return out_idx, in_idx
 
 
-def _inputs_outputs(model, name, X, batch, want_out):
-    mod = model.get_submodule(name)
-    ins, outs = [], []
+# ---------------------------------------------------------------- capturing layer inputs and outputs
+class _Stop(Exception):
+    """Raised by a hook once every wanted module has run: the rest of the forward is not needed."""
 
-    def hook(m, args, out):  # returns None: the forward output is left alone
-        ins.append(args[0].detach())
-        if want_out:
-            outs.append(out.detach())
 
-    h = mod.register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            for i in range(0, len(X), batch):
+def _capture(model, names, X, batch, outputs=()):
+    """Per batch of ``X``: {name: input} (and {name + "/out": output} for ``outputs``), stopping the forward
+    after the last wanted module ran (first call of each)."""
+    mods = {n: model.get_submodule(n) for n in names}
+    for i in range(0, len(X), batch):
+        seen = {}
+
+        def hook(m, args, out, n=None):
+            if n in seen:
+                return
+            seen[n] = args[0].detach()
+            if n in outputs:
+                seen[n + "/out"] = out.detach()
+            if all(k in seen for k in mods):
+                raise _Stop
+
+        handles = [m.register_forward_hook(lambda m, a, o, n=n: hook(m, a, o, n)) for n, m in mods.items()]
+        try:
+            with torch.no_grad():
                 model(X[i:i + batch])
-    finally:
-        h.remove()
-    return torch.cat(ins), (torch.cat(outs) if want_out else None)
+        except _Stop:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        yield seen
 
 
-def _imitation_target(ref, x_s, x_t, in_idx, out_idx, config):
-    """Y_st: the teacher layer on the student's hidden input. The paper removes channels inside the
-    layer solver, so its x_s still carries the channels being removed; here they are already gone, and
-    the teacher layer restricted to the kept channels would be a trivial target (the unchanged slice).
-    The removed channels are therefore filled with the teacher's activations, so the student layer is
-    asked to absorb their contribution from the channels it keeps."""
-    with torch.no_grad():
-        outs = []
-        for i in range(0, len(x_s), config.batch_size):
-            full = x_t[i:i + config.batch_size].clone()
-            full[:, in_idx] = x_s[i:i + config.batch_size]
-            outs.append(ref(full)[:, out_idx])
-        return torch.cat(outs)
+def execution_order(model, x):
+    """Conv/linear module names in the order of their first call on ``x``."""
+    order = []
+    handles = [m.register_forward_pre_hook(lambda m, a, n=n: order.append(n) if n not in order else None)
+               for n, m in model.named_modules() if isinstance(m, _LAYERS)]
+    run_hooked(model, x, handles)
+    return order
 
 
-def _fit_layer(layer, y_st, x_s, x_t, y_t, config, gen):
-    """Adam on one student layer; ``y_st`` = the imitation target (cross only)."""
-    params = [p for p in layer.parameters()]
-    opt = torch.optim.Adam(params, lr=config.lr)
-    n = len(x_s)
-    for _ in range(config.iters):
-        pick = torch.randint(0, n, (min(config.batch_size, n),), generator=gen)
-        ys = layer(x_s[pick])
-        if config.method == "cross":
-            loss = config.mu * F.mse_loss(layer(x_t[pick]), y_t[pick]) + (1 - config.mu) * F.mse_loss(ys, y_st[pick])
-        else:
-            loss = F.mse_loss(ys, y_t[pick])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return loss.item()
-
-
+# ---------------------------------------------------------------- least-squares pieces
 def _rows(layer, x):
     """The layer's input as a design matrix: one row per output position, (rows, in*kh*kw [+1])."""
     if isinstance(layer, torch.nn.Conv2d):
@@ -181,141 +182,320 @@ def _rows(layer, x):
         a = x.reshape(-1, x.shape[-1])
     if layer.bias is not None:
         a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype)], 1)
-    return a.double()
+    return a.float()
 
 
 def _responses(y):
     """Layer outputs matched row for row with ``_rows``: (rows, out)."""
     if y.dim() == 4:
         y = y.permute(0, 2, 3, 1)
-    return y.reshape(-1, y.shape[-1]).double()
+    return y.reshape(-1, y.shape[-1]).float()
+
+
+def _tt(a, b):
+    """a' b of one batch, computed in float32 (fast), summed over batches in float64 by the caller."""
+    return (a.T @ b).double()
+
+
+def _flat_weight(layer):
+    """(d, out): the layer's weight (and bias) as the solution matrix of ``_rows``."""
+    w = layer.weight.detach().reshape(layer.weight.shape[0], -1).T.double()
+    if layer.bias is not None:
+        w = torch.cat([w, layer.bias.detach().double()[None]], 0)
+    return w
+
+
+def _set_flat_weight(layer, sol):
+    n_w = layer.weight[0].numel()
+    with torch.no_grad():
+        layer.weight.copy_(sol[:n_w].T.reshape(layer.weight.shape).to(layer.weight.dtype))
+        if layer.bias is not None:
+            layer.bias.copy_(sol[n_w].to(layer.bias.dtype))
 
 
 def _lsq_supported(layer):
     return isinstance(layer, torch.nn.Linear) or (
-        layer.padding_mode == "zeros" and not isinstance(layer.padding, str))
+        layer.groups == 1 and layer.padding_mode == "zeros" and not isinstance(layer.padding, str))
 
 
-def _solve_layer(layer, y_st, x_s, x_t, y_t, config):
-    """Closed-form minimiser of the (cross or layer-wise) loss for one layer; returns the loss."""
-    cross = config.method == "cross"
-    w = config.mu if cross else 0.0  # weight of the correction (teacher-input) term
-    d = layer.weight[0].numel() + (layer.bias is not None)
-    gram = torch.zeros(d, d, dtype=torch.float64)
-    rhs = torch.zeros(d, layer.weight.shape[0], dtype=torch.float64)
-    with torch.no_grad():
-        for i in range(0, len(x_s), config.batch_size):
-            sl = slice(i, i + config.batch_size)
-            a_s = _rows(layer, x_s[sl])
-            target_s = y_st[sl] if cross else y_t[sl]  # imitation target, or the layer-wise one
-            gram += (1 - w) * a_s.T @ a_s
-            rhs += (1 - w) * a_s.T @ _responses(target_s)
-            if w > 0:
-                a_t = _rows(layer, x_t[sl])
-                gram += w * a_t.T @ a_t
-                rhs += w * a_t.T @ _responses(y_t[sl])
-        sol = gram_solve(gram, rhs, config.ridge)  # (d, out)
-        n_w = layer.weight[0].numel()
-        layer.weight.copy_(sol[:n_w].T.reshape(layer.weight.shape).to(layer.weight.dtype))
-        if layer.bias is not None:
-            layer.bias.copy_(sol[n_w].to(layer.bias.dtype))
-        ys = layer(x_s)
+def _tensor(model, fqn):
+    mod, _, attr = fqn.rpartition(".")
+    return getattr(model.get_submodule(mod) if mod else model, attr)
+
+
+def _put(model, fqn, value):
+    """Replace a parameter or buffer by ``value`` (any shape), keeping its kind."""
+    mod_name, _, attr = fqn.rpartition(".")
+    mod = model.get_submodule(mod_name) if mod_name else model
+    if attr in mod._parameters:
+        mod._parameters[attr] = torch.nn.Parameter(value.detach().clone(), requires_grad=mod._parameters[attr].requires_grad)
+    else:
+        mod._buffers[attr] = value.detach().clone()
+
+
+def _pick(t, out_idx, in_idx):
+    if out_idx is not None:
+        t = t.index_select(0, out_idx)
+    if in_idx is not None and t.dim() > 1:
+        t = t.index_select(1, in_idx)
+    return t
+
+
+class _Walker:
+    """The layer-by-layer solve over a student that carries a prune record (or whose kept channels were
+    recovered by weight matching)."""
+
+    def __init__(self, student, reference, XV, config, kept, chains, report, progress):
+        self.s, self.t, self.XV, self.cfg = student, reference, XV, config
+        self.kept, self.chains, self.report, self.progress = kept, chains, report, progress
+        self.batch = 50
+
+    def indices(self, name):
+        return self.kept.get(name, (None, None))
+
+    def _stats(self, name, out_idx, in_idx, layer):
+        """(G, B) of the layer's objective with the student's current input channels."""
+        cfg, ref = self.cfg, self.t.get_submodule(name)
+        cross = cfg.method == "cross"
+        d = layer.weight[0].numel() + (layer.bias is not None)
+        gram = torch.zeros(d, d, dtype=torch.float64)
+        rhs = torch.zeros(d, layer.weight.shape[0], dtype=torch.float64)
+        w_ref = None
         if cross:
-            return float(w * F.mse_loss(layer(x_t), y_t) + (1 - w) * F.mse_loss(ys, y_st))
-        return float(F.mse_loss(ys, y_t))
-
-
-def _set_bn_eval(model):
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.eval()
-
-
-def _shift_flip(x, gen, flip):
-    """Few-shot augmentation for image batches: a random shift by up to 1/8 of the size (zero-padded
-    crop, one offset per batch) and, when ``flip``, a random horizontal flip per image."""
-    if x.dim() != 4:
-        return x
-    if flip:
-        mask = torch.rand(len(x), generator=gen) < 0.5
-        x = torch.where(mask[:, None, None, None], x.flip(3), x)
-    h, w = x.shape[2:]
-    ph, pw = h // 8, w // 8
-    i, j = (int(torch.randint(0, 2 * p + 1, (1,), generator=gen)) for p in (ph, pw))
-    return F.pad(x, (pw, pw, ph, ph))[:, :, i:i + h, j:j + w]
-
-
-def finetune(model, X, Y, epochs, lr, batch_size, gen, progress=False, teacher=None, kd=0.0, temperature=4.0,
-             augment=False, flip=False):
-    """End-to-end fine-tune: Adam with a cosine schedule on cross-entropy (+ ``kd`` x T^2 x KL to the
-    teacher's softened logits when ``teacher`` is given), optionally on shifted/flipped copies of the
-    few images. BatchNorm statistics stay frozen (too few images to estimate them). Adam rather than
-    SGD: with frozen (or folded) BatchNorm, SGD at 1e-3 diverged to NaN on the pruned ResNet-20."""
-    from tqdm import tqdm
-
-    if epochs <= 0:
-        return model
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    batches = [idx for _ in range(epochs) for idx in torch.randperm(len(X), generator=gen).split(batch_size)]
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, len(batches))
-    use_kd = teacher is not None and kd > 0
-    model.train()
-    _set_bn_eval(model)
-    for idx in tqdm(batches, desc="distill: fine-tune", disable=not progress, leave=False):
-        x = _shift_flip(X[idx], gen, flip) if augment else X[idx]
-        logits = model(x)
-        loss = F.cross_entropy(logits, Y[idx])
-        if use_kd:
-            with torch.no_grad():
-                soft = F.softmax(teacher(x) / temperature, 1)
-            loss = loss + kd * temperature ** 2 * F.kl_div(F.log_softmax(logits / temperature, 1), soft,
-                                                           reduction="batchmean")
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    return model.eval()
-
-
-@register_pass(DistillConfig)
-def distill(model, example_inputs, config, context=None):
-    """Few-shot recovery of ``model`` towards the teacher; returns a new model."""
-    from tqdm import tqdm
-
-    if context is None or context.data is None:
-        raise SlimkitError("distill needs few-shot data: compress(..., data=[(images, labels), ...])")
-    reference = context.extras.get("reference") or context.teacher
-    if reference is None:
-        raise SlimkitError("distill needs the teacher model (context.teacher)")
-    reference = reference.eval()
-    gen = torch.Generator().manual_seed(config.seed)
-    X, Y = few_shot(context.data, config.k, config.seed)
-    student = copy.deepcopy(model).eval()
-    report = {}
-    if config.method != "finetune":
-        ref_modules = dict(reference.named_modules())
-        names = [n for n, m in student.named_modules() if isinstance(m, _LAYERS)]
-        for name in tqdm(names, desc=f"distill: {config.method}", disable=not context.progress, leave=False):
-            layer, ref = student.get_submodule(name), ref_modules.get(name)
-            if type(ref) is not type(layer) or (isinstance(layer, torch.nn.Conv2d) and layer.groups != 1):
-                report[name] = "skipped: no matching teacher layer"
+            full_in = in_idx if in_idx is not None else None
+            w_ref = _pick(ref.weight.detach(), out_idx, None)
+        for st, te in zip(_capture(self.s, [name], self.XV, self.batch), _capture(self.t, [name], self.XV, self.batch, {name})):
+            x_s, x_t, y_t = st[name], te[name], te[name + "/out"]
+            if out_idx is not None:
+                y_t = y_t.index_select(1, out_idx)
+            a_s = _rows(layer, x_s)
+            if not cross:
+                gram += _tt(a_s, a_s)
+                rhs += _tt(a_s, _responses(y_t))
                 continue
+            # imitation target: the teacher layer on the student's input, removed channels filled with the
+            # teacher's activations (the student layer absorbs their contribution from the kept ones)
+            full = x_t.clone()
+            if full_in is not None:
+                full[:, full_in] = x_s
+            else:
+                full = x_s
+            with torch.no_grad():
+                y_st = F.conv2d(full, w_ref, None, ref.stride, ref.padding, ref.dilation, ref.groups) \
+                    if isinstance(ref, torch.nn.Conv2d) else F.linear(full, w_ref)
+            if ref.bias is not None:
+                b = ref.bias.detach() if out_idx is None else ref.bias.detach()[out_idx]
+                y_st = y_st + (b[:, None, None] if y_st.dim() == 4 else b)
+            x_tk = x_t if in_idx is None else x_t.index_select(1, in_idx)
+            a_t = _rows(layer, x_tk)
+            gram += (1 - cfg.mu) * _tt(a_s, a_s) + cfg.mu * _tt(a_t, a_t)
+            rhs += (1 - cfg.mu) * _tt(a_s, _responses(y_st)) + cfg.mu * _tt(a_t, _responses(y_t))
+        return gram, rhs
+
+    def refit(self, name):
+        layer = self.s.get_submodule(name)
+        out_idx, in_idx = self.indices(name)
+        gram, rhs = self._stats(name, out_idx, in_idx, layer)
+        sol = gram_solve(gram, rhs, self.cfg.ridge)
+        _set_flat_weight(layer, sol)
+        self.report[name] = "refit"
+
+    def reselect(self, chain):
+        """Refit the producer at full width, choose its kept channels by the readers' reconstruction error,
+        slice, and set the readers to their least-squares refit."""
+        cfg, s, t = self.cfg, self.s, self.t
+        prod = s.get_submodule(chain.producer)
+        p_out, p_in = self.indices(chain.producer)
+        consumers = list(chain.consumers)
+        # 1. widen the chain to the teacher's full width (producer refit on the student's input)
+        saved = {chain.producer + ".weight": prod.weight}
+        if prod.bias is not None:
+            saved[chain.producer + ".bias"] = prod.bias
+        for f in chain.followers:
+            saved[f] = _tensor(s, f)
+        for c in consumers:
+            saved[c + ".weight"] = s.get_submodule(c).weight
+        _put(s, chain.producer + ".weight", _pick(t.get_submodule(chain.producer).weight.detach(), None, p_in))
+        if prod.bias is not None:
+            _put(s, chain.producer + ".bias", t.get_submodule(chain.producer).bias.detach())
+        prod = s.get_submodule(chain.producer)
+        self.kept[chain.producer] = (None, p_in)
+        gram, rhs = self._stats(chain.producer, None, p_in, prod)
+        _set_flat_weight(prod, gram_solve(gram, rhs, cfg.ridge))
+        for f in chain.followers:
+            _put(s, f, _tensor(t, f))
+        for c in consumers:
+            _put(s, c + ".weight", _pick(t.get_submodule(c).weight.detach(), self.indices(c)[0], None))
+        # 2. one pass: every reader's full-width input in the student, input/output in the teacher
+        problems = [self._consumer_problem(c) for c in consumers]
+        keep = greedy_select(problems, len(chain.kept), cfg.ridge)
+        # 3. slice the producer/followers to the chosen channels, readers to their refit
+        w_full = prod.weight.detach()
+        _put(s, chain.producer + ".weight", w_full.index_select(0, keep))
+        if prod.bias is not None:
+            _put(s, chain.producer + ".bias", prod.bias.detach()[keep])
+        for f in chain.followers:
+            _put(s, f, _tensor(t, f).detach()[keep])
+        for c, q in zip(consumers, problems):
+            layer = s.get_submodule(c)
+            _put(s, c + ".weight", layer.weight.detach().index_select(1, keep))
+            layer = s.get_submodule(c)
+            sol, cols = solve(q, keep, cfg.ridge)
+            _set_flat_weight(layer, sol)
+            self.kept[c] = (self.indices(c)[0], keep)
+            self.report[c] = "refit on re-selected channels"
+        self.kept[chain.producer] = (keep, p_in)
+        chain.kept = keep
+        self.report[chain.producer] = f"refit; kept {len(keep)}/{chain.size} channels re-selected by reconstruction"
+        del saved
+
+    def _consumer_problem(self, c):
+        cfg, layer, ref = self.cfg, self.s.get_submodule(c), self.t.get_submodule(c)
+        out_idx = self.indices(c)[0]
+        d = layer.weight[0].numel() + (layer.bias is not None)
+        n_out = layer.weight.shape[0]
+        g_s = torch.zeros(d, d, dtype=torch.float64)
+        g_t = torch.zeros(d, d, dtype=torch.float64)
+        cross_ts = torch.zeros(d, n_out, dtype=torch.float64)
+        cross = cfg.method == "cross"
+        for st, te in zip(_capture(self.s, [c], self.XV, self.batch), _capture(self.t, [c], self.XV, self.batch, {c})):
+            a_s = _rows(layer, st[c])
+            g_s += _tt(a_s, a_s)
+            if cross:
+                a_t = _rows(layer, te[c])
+                g_t += _tt(a_t, a_t)
+            else:
+                y_t = te[c + "/out"]
+                if out_idx is not None:
+                    y_t = y_t.index_select(1, out_idx)
+                cross_ts += _tt(a_s, _responses(y_t))
+        k = layer.weight[0, 0].numel() if isinstance(layer, torch.nn.Conv2d) else 1
+        groups = torch.arange(layer.weight.shape[1] * k).reshape(layer.weight.shape[1], k)
+        if cross:  # both targets are the teacher layer's own function: B = G W_t
+            gram = (1 - cfg.mu) * g_s + cfg.mu * g_t
+            w_t = _flat_weight(ref) if out_idx is None else _flat_weight(ref)[:, out_idx]
+            return Quadratic(gram, gram @ w_t, groups)
+        return Quadratic(g_s, cross_ts, groups)
+
+
+def _check_pairs(student, reference, names, kept, report):
+    """Layers that can be solved: same type as the teacher's, and channels known (record or weight match)."""
+    ref_modules = dict(reference.named_modules())
+    good = []
+    for name in names:
+        layer, ref = student.get_submodule(name), ref_modules.get(name)
+        if type(ref) is not type(layer) or not _lsq_supported(layer):
+            report[name] = "skipped: no matching teacher layer (or a grouped/odd-padded conv)"
+            continue
+        if name not in kept:
             maps = channel_maps(ref.weight.detach(), layer.weight.detach())
             if maps is None:
                 report[name] = "skipped: channels do not match a slice of the teacher layer"
                 continue
             out_idx, in_idx = maps
-            x_s, _ = _inputs_outputs(student, name, X, config.batch_size, False)
-            x_t, y_t = _inputs_outputs(reference, name, X, config.batch_size, True)
-            y_st = _imitation_target(ref, x_s, x_t, in_idx, out_idx, config) if config.method == "cross" else None
-            args = (layer, y_st, x_s, x_t[:, in_idx], y_t[:, out_idx], config)
-            if config.solver == "lsq" and _lsq_supported(layer):
-                report[name] = _solve_layer(*args)
+            kept[name] = (None if len(out_idx) == ref.weight.shape[0] and torch.equal(out_idx, torch.arange(len(out_idx))) else out_idx,
+                          None if len(in_idx) == ref.weight.shape[1] and torch.equal(in_idx, torch.arange(len(in_idx))) else in_idx)
+        good.append(name)
+    return good
+
+
+def layer_stage(student, reference, XV, config, report, progress=False):
+    """Stage 1 in place on ``student``; returns the updated prune record (or None)."""
+    from tqdm import tqdm
+
+    record = _record_of(student)
+    kept = dict(record.kept) if record is not None else {}
+    for name, mod in student.named_modules():  # layers the record does not name were not sliced
+        if record is not None and isinstance(mod, _LAYERS) and name not in kept and name in record.sizes:
+            kept[name] = (None, None)
+    names = _check_pairs(student, reference, execution_order(student, XV[:1]), kept, report)
+    chains = {c.producer: c for c in (record.chains if record is not None else [])}
+    use_chains = config.select == "recon" and config.solver == "lsq"
+    walker = _Walker(student, reference, XV, config, kept, chains, report, progress)
+    done = set()
+    for name in tqdm(names, desc=f"distill: {config.method}", disable=not progress, leave=False):
+        chain = chains.get(name) if use_chains else None
+        if chain is not None and all(c in names for c in chain.consumers):
+            walker.reselect(chain)
+            done.update(chain.consumers)
+        elif name not in done:
+            if config.solver == "adam":
+                _adam_fit(walker, name, config)
             else:
-                report[name] = _fit_layer(*args, gen)
-        student.eval()
-    finetune(student, X, Y, config.finetune_epochs, config.finetune_lr, min(config.batch_size, 32), gen,
-             progress=context.progress, teacher=reference, kd=config.kd, augment=config.augment, flip=config.flip)
+                walker.refit(name)
+    if record is not None:
+        from slimkit.compress.surgery import RECORD_ATTR
+
+        record.kept.update({k: v for k, v in kept.items() if k in record.kept or v != (None, None)})
+        setattr(student, RECORD_ATTR, record)
+    return record
+
+
+def _record_of(model):
+    """A copy of the model's prune record; None when it has none (or this slimkit's prune does not write one:
+    then kept channels are recovered by weight matching)."""
+    try:
+        from slimkit.compress.surgery import prune_record
+    except ImportError:
+        return None
+    rec = prune_record(model)
+    return copy.deepcopy(rec) if rec is not None else None
+
+
+def _adam_fit(walker, name, config):
+    """The paper's per-layer Adam loop on the same objective (solver="adam"), for reference."""
+    layer = walker.s.get_submodule(name)
+    gram, rhs = walker._stats(name, *walker.indices(name), layer)
+    w = _flat_weight(layer).clone().requires_grad_(True)
+    opt = torch.optim.Adam([w], lr=config.lr)
+    scale = float(gram.diagonal().mean()) or 1.0
+    for _ in range(config.iters):
+        loss = ((w * (gram @ w)).sum() - 2 * (w * rhs).sum()) / scale
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    _set_flat_weight(layer, w.detach())
+    walker.report[name] = "refit (adam)"
+
+
+def solver_views(X, n_views, flip, seed):
+    """The images and ``n_views - 1`` random crops/flips of them (fixed: both models see the same rows)."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    return torch.cat([X] + [random_views(X, gen, True, flip) for _ in range(n_views - 1)]) if X.dim() == 4 else X
+
+
+@register_pass(DistillConfig)
+def distill(model, example_inputs, config, context=None):
+    """Few-shot recovery of ``model`` towards the teacher; returns a new model."""
+    if context is None or (context.data is None and context.extras.get("synthetic") is None):
+        raise SlimkitError("distill needs few-shot data: compress(..., data=(X, Y)), or a synth pass before it "
+                           "for data-free recovery")
+    reference = context.extras.get("reference") or context.teacher
+    if reference is None:
+        raise SlimkitError("distill needs the teacher model (context.teacher)")
+    reference = reference.eval()
+    synthetic = context.extras.get("synthetic")
+    if context.data is not None:
+        X, _ = few_shot(context.data, config.k, config.seed)
+        if synthetic is not None:  # few real images + BN-statistics inversions
+            X = torch.cat([X, synthetic[0]])
+    else:
+        X = synthetic[0]
+    flip = {"on": True, "off": False}.get(config.flip)
+    if flip is None:
+        flip = flip_safe(reference, X)
+    student = copy.deepcopy(model).eval()
+    report = {}
+    if config.method != "finetune":
+        layer_stage(student, reference, solver_views(X, config.views, flip, config.seed), config, report,
+                    context.progress)
+    if config.bnrecal:
+        recalibrate(student, X, flip=flip, seed=config.seed)
+    settings = MatchSettings(steps=config.steps, batch_size=config.batch_size, lr=config.lr,
+                             temperature=config.temperature, features=config.features,
+                             feature_at=config.feature_at, flip=flip, mix=config.mix)
+    function_matching(student, reference, X, settings, torch.Generator().manual_seed(config.seed),
+                      progress=context.progress)
     student.requires_grad_(True)
     student.distill_report = report
-    return student
+    return student.eval()

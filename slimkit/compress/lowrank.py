@@ -15,41 +15,56 @@ error for fewer MACs (the error is monotone in ``tradeoff``). **Calibration data
 ``calibrate=True`` and ``context.data`` (or the example inputs), ``e`` becomes the measured relative
 output error ``||f_r(x) - f(x)|| / ||f(x)||`` of the layer on its recorded real inputs.
 
+**The default is a budget, not the knob.** With no arguments, ranks are chosen so that the SUM of the
+estimated per-layer relative errors stays within ``budget`` (0.03): the knob is bisected to the largest
+value that respects it. A sum is the worst case (every layer's error adds up in the same direction), so
+the default stays conservative on networks whose layers amplify errors; the sum grows with depth, so deep
+networks get proportionally smaller per-layer errors. With few-shot data (``compress(..., data=...)``) the
+per-layer errors are measured on the layers' real inputs instead of estimated (``calibrate`` defaults
+to "auto": on when data is present). Give ``tradeoff=`` to use the knob directly.
+
 Alternatives to the knob: ``energy=0.99`` keeps the smallest rank holding 99% of the singular-value
 energy per layer (if that saves MACs); ``ranks={"layer.name": r}`` (Python API) fixes ranks.
 Grouped convs, dilated spatial splits and layers where no candidate saves MACs are left alone.
 """
 import copy
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from slimkit.compress.base import CompressContext, PassConfig, register_pass
+from slimkit.model_io import Example
 
 METHODS = ("svd", "channel", "spatial")
 
 
 @dataclass
 class LowRankConfig(PassConfig):
-    """``tradeoff``: the one knob (>= 0); ``energy``: keep-energy rule instead; ``ranks``: fixed ranks;
-    ``methods``: comma-separated subset of svd,channel,spatial; ``calibrate``: refine with data."""
+    """``budget``: the default rule, total estimated relative error over all layers; ``tradeoff``: the knob
+    (>= 0) instead; ``energy``: keep-energy rule instead; ``ranks``: fixed ranks; ``methods``: comma-separated
+    subset of svd,channel,spatial; ``calibrate``: measure errors on data (auto: when data is present)."""
 
     name = "lowrank"
     lossless = False
-    tradeoff: float = 1.0
+    tradeoff: Optional[float] = None
+    budget: float = 0.03
     energy: Optional[float] = None
     ranks: Optional[dict] = None
     methods: str = "svd,channel,spatial"
-    calibrate: bool = False
+    calibrate: Union[bool, str] = "auto"
     calib_batches: int = 2
     rank_steps: int = 16
 
     def __post_init__(self):
-        if self.tradeoff < 0:
+        if self.tradeoff is not None and self.tradeoff < 0:
             raise ValueError(f"lowrank: tradeoff must be >= 0, got {self.tradeoff}")
+        if self.budget < 0:
+            raise ValueError(f"lowrank: budget must be >= 0, got {self.budget}")
+        if self.calibrate not in (True, False, "auto"):
+            raise ValueError(f"lowrank: calibrate must be true, false or auto, got {self.calibrate!r}")
         if self.energy is not None and not 0 < self.energy <= 1:
             raise ValueError(f"lowrank: energy must be in (0, 1], got {self.energy}")
         bad = [m for m in self.methods.split(",") if m not in METHODS]
@@ -108,8 +123,22 @@ def layer_macs(info, method=None, rank=None):
     return n * out[2] * w_mid * rank * i * kh + n * hw * o * rank * kw
 
 
+def _is_conv1d_hf(mod):
+    """Hugging Face's Conv1D (GPT-2): a linear layer with its weight stored [in, out]."""
+    return type(mod).__name__ == "Conv1D" and hasattr(mod, "nf") and getattr(mod, "weight", None) is not None
+
+
+def _as_linear(mod):
+    """The nn.Linear computing what a HF Conv1D computes (decomposed like any linear layer)."""
+    lin = nn.Linear(mod.weight.shape[0], mod.weight.shape[1], bias=mod.bias is not None)
+    lin.weight.data = mod.weight.detach().T.contiguous()
+    if mod.bias is not None:
+        lin.bias.data = mod.bias.detach().clone()
+    return lin
+
+
 def _methods_for(mod, allowed):
-    if isinstance(mod, nn.Linear):
+    if isinstance(mod, nn.Linear) or _is_conv1d_hf(mod):
         return [m for m in ("svd",) if m in allowed]
     if isinstance(mod, nn.Conv2d) and mod.groups == 1 and mod.padding_mode == "zeros" \
             and not isinstance(mod.padding, str):
@@ -124,15 +153,15 @@ def _methods_for(mod, allowed):
 @torch.no_grad()
 def analyze(model, example_inputs, methods=METHODS):
     """Record layer shapes on one forward and the SVD of each candidate matrix."""
-    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    example = Example.of(example_inputs)
     infos, hooks = {}, []
     for name, mod in model.named_modules():
         if _methods_for(mod, methods):
             def hook(m, inp, out, name=name):
-                infos[name] = LayerInfo(m, tuple(inp[0].shape), tuple(out.shape))
+                infos[name] = LayerInfo(_as_linear(m) if _is_conv1d_hf(m) else m, tuple(inp[0].shape), tuple(out.shape))
             hooks.append(mod.register_forward_hook(hook))
     try:
-        model(*inputs)
+        example(model)
     finally:
         for h in hooks:
             h.remove()
@@ -209,6 +238,22 @@ def choose(cands, tradeoff):
     return picks
 
 
+def choose_within(cands, budget, iters=40):
+    """The picks of the largest knob value whose summed per-layer error is <= ``budget`` (bisection: every
+    layer's pick, hence the sum, grows monotonically with the knob)."""
+    total = lambda picks: sum(c.error for c in picks.values())  # noqa: E731
+    lo, hi = 0.0, 1.0
+    while total(choose(cands, hi)) <= budget and hi < 1e6:
+        lo, hi = hi, hi * 2
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        if total(choose(cands, mid)) <= budget:
+            lo = mid
+        else:
+            hi = mid
+    return choose(cands, lo)
+
+
 def replace_layers(model, infos, picks):
     """A copy of ``model`` with the picked layers replaced by their decompositions."""
     model = copy.deepcopy(model)
@@ -224,12 +269,12 @@ def _calibrator(model, infos, batches):
     """Relative output error of a replacement layer on the layer's recorded real inputs."""
     recorded, hooks = {}, []
     for name, info in infos.items():
-        hooks.append(info.module.register_forward_hook(
+        hooks.append(model.get_submodule(name).register_forward_hook(
             lambda m, inp, out, name=name: recorded.setdefault(name, []).append(inp[0].detach())))
     with torch.no_grad():
         try:
             for b in batches:
-                model(*b)
+                b(model)
         finally:
             for h in hooks:
                 h.remove()
@@ -243,9 +288,10 @@ def _calibrator(model, infos, batches):
 
 
 @register_pass(LowRankConfig)
-def lowrank(model, example_inputs, config=LowRankConfig(), context=None):
-    """Return a copy of ``model`` with layers replaced by low-rank pairs chosen per layer by the knob."""
-    from slimkit.compress.prune import calibration_batches
+def lowrank(model, example_inputs, config=None, context=None):
+    """Return a copy of ``model`` with layers replaced by low-rank pairs chosen per layer (error budget or knob)."""
+    from slimkit.compress.prune import calibration_examples
+    config = config or LowRankConfig()
     context = context or CompressContext()
     model_copy = copy.deepcopy(model).eval()
     infos = analyze(model_copy, example_inputs, config.methods.split(","))
@@ -274,10 +320,11 @@ def lowrank(model, example_inputs, config=LowRankConfig(), context=None):
                 picks[name] = best
     else:
         calib = None
-        if config.calibrate:
-            calib = _calibrator(model_copy, infos, calibration_batches(example_inputs, context,
+        use_data = config.calibrate is True or (config.calibrate == "auto" and context.data is not None)
+        if use_data:
+            calib = _calibrator(model_copy, infos, calibration_examples(example_inputs, context,
                                                                        config.calib_batches))
         cands = candidates(infos, config.rank_steps, calib, context.progress)
-        picks = choose(cands, config.tradeoff)
+        picks = choose(cands, config.tradeoff) if config.tradeoff is not None else choose_within(cands, config.budget)
     context.extras["lowrank"] = picks
     return replace_layers(model_copy, infos, picks)

@@ -12,6 +12,10 @@ Storage = codebooks (fp16 by default) + bit-packed indices (log2 k bits each) + 
 ``storage_bytes()`` reports it and ``packed_state()`` produces it. Inference: linear layers have a
 lookup-table path (``lut=True``: M*k dot products per input, then M table look-ups per output);
 conv layers and ``lut=False`` use the dense fallback (weights rebuilt from codebooks).
+
+**Codeword fine-tuning** ("And the bit goes down", Stock et al. 2020): with few-shot data, ``steps`` steps of
+function matching (``matching.py``: KL to the teacher's outputs on augmented views, mixup/cutmix) train the
+codebooks, biases and BatchNorm affine parameters with every assignment fixed, so the storage stays the same.
 """
 import math
 from dataclasses import dataclass
@@ -29,7 +33,8 @@ from slimkit.errors import SlimkitError
 class PQConfig(PassConfig):
     """sub_dim: input channels per subspace (C's); k: codewords per subspace (<= 256).
     ec_iters: error-correction sweeps (0 = plain k-means PQ; every image position of the data is
-    used through the response statistics); lut: linear layers use the lookup-table path."""
+    used through the response statistics); lut: linear layers use the lookup-table path; steps/lr:
+    codeword fine-tune by function matching on the few-shot data (skipped without data)."""
 
     name = "pq"
     lossless = False
@@ -39,9 +44,13 @@ class PQConfig(PassConfig):
     kmeans_iters: int = 25
     codebook_dtype: Literal["float16", "float32"] = "float16"
     lut: bool = True
+    steps: int = 1000  # codeword fine-tune by function matching (needs data; 0 = none)
+    lr: float = 0.005
     seed: int = 0
 
     def __post_init__(self):
+        if self.steps < 0:
+            raise ValueError(f"pq: steps must be >= 0, got {self.steps}")
         if not 2 <= self.k <= 256:
             raise ValueError(f"k must be in [2, 256], got {self.k}")
         if self.sub_dim < 1:
@@ -295,12 +304,14 @@ def pq(model, example_inputs, config, context=None):
 
     from tqdm import tqdm
 
+    from slimkit.data.batches import as_batches
+
     gen = torch.Generator().manual_seed(config.seed)
     teacher = model.eval()
     student = copy.deepcopy(model).eval()
     batches = []
     if context is not None and context.data is not None:
-        batches = [b[0] if isinstance(b, (tuple, list)) else b for b in context.data]
+        batches = [x for x, _ in as_batches(context.data)]
     if not batches:  # no data: error correction falls back to the example inputs
         batches = [example_inputs if torch.is_tensor(example_inputs) else example_inputs[0]]
     names = _execution_order(student, example_inputs)
@@ -330,5 +341,19 @@ def pq(model, example_inputs, config, context=None):
         parent, _, attr = name.rpartition(".")
         setattr(student.get_submodule(parent) if parent else student, attr, new)
         report[name] = errs
+    if config.steps > 0 and context is not None and context.data is not None:
+        _finetune_codewords(student, context.extras.get("reference") or context.teacher or teacher, context, config,
+                            torch.cat(batches), gen)
     student.pq_report = report
     return student
+
+
+def _finetune_codewords(student, teacher, context, config, X, gen):
+    """Function matching on codebooks, biases and norm affine parameters; assignments stay fixed."""
+    from slimkit.compress.matching import MatchSettings, function_matching
+    from slimkit.compress.views import flip_safe
+
+    teacher = teacher.eval()
+    settings = MatchSettings(steps=config.steps, lr=config.lr, flip=flip_safe(teacher, X))
+    function_matching(student, teacher, X, settings, gen, progress=context.progress, desc="pq")
+    student.requires_grad_(True)

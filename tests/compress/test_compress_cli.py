@@ -28,15 +28,15 @@ def npz(tmp_path):
 
 def test_cli_writes_model_and_reports(tmp_path, npz, capsys):
     out = tmp_path / "run"
-    rc = main(["compress", "--model", "_test_tiny_b", "--data", f"npz:{npz}?layout=hwc", "--recipe", "pq(k=4,sub_dim=2)",
+    rc = main(["compress", "--model", "_test_tiny_b", "--data", f"npz:{npz}?layout=hwc", "--recipe", "pq(k=4,sub_dim=2,steps=20)",
                "--out", str(out), "--test-fraction", "0.34", "--k", "5", "--latency-batches", "1,2", "--no-progress"])
     assert rc == 0
     assert sorted(os.listdir(out)) == ["model.pt2", "pareto.png", "recipe.yaml", "report.html", "report.json", "report.md"]
     md = (out / "report.md").read_text()
-    assert "| before |" in md and "`pq(sub_dim=2,k=4)`" in md and "after@b2" in md
+    assert "| before |" in md and "`pq(sub_dim=2,k=4,steps=20)`" in md and "after@b2" in md
     page = (out / "report.html").read_text()
     assert page.count("<table>") == 3 and "data:image/png;base64," in page
-    assert (out / "recipe.yaml").read_text() == "recipe:\n- pq:\n    sub_dim: 2\n    k: 4\n"
+    assert (out / "recipe.yaml").read_text() == "recipe:\n- pq:\n    sub_dim: 2\n    k: 4\n    steps: 20\n"
     assert load(out / "model.pt2")(torch.randn(3, 3, 8, 8)).shape == (3, 4)
 
 

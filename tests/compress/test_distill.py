@@ -48,6 +48,27 @@ def test_few_shot_takes_k_per_class():
     assert torch.bincount(Y, minlength=4).tolist() == [3, 3, 3, 3] and X.shape == (12, 3, 8, 8)
 
 
+def with_record(student, teacher):
+    """Attach the prune record prune() would leave for ``hand_pruned`` (the contract in surgery.PruneRecord)."""
+    from slimkit.compress.surgery import RECORD_ATTR, Chain, PruneRecord
+
+    sizes = {n: (m.weight.shape[0], m.weight.shape[1]) for n, m in teacher.named_modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+    rec = PruneRecord(kept={"conv1": (KEEP, None), "conv2": (None, KEEP)},
+                      chains=[Chain("conv1", ["conv1.bias"], ["conv2"], 8, KEEP.clone())], sizes=sizes)
+    setattr(student, RECORD_ATTR, rec)
+    return student
+
+
+def _io(model, name, x):
+    seen = {}
+    h = model.get_submodule(name).register_forward_hook(lambda m, i, o: seen.update(x=i[0], y=o))
+    with torch.no_grad():
+        model(x)
+    h.remove()
+    return seen["x"], seen["y"]
+
+
 @pytest.mark.parametrize("method", ["cross", "layerwise"])
 def test_layerwise_methods_move_student_towards_teacher(method):
     teacher = tiny_model()
@@ -55,24 +76,23 @@ def test_layerwise_methods_move_student_towards_teacher(method):
     data = tiny_data(n_batches=4)
     x = torch.cat([b[0] for b in data])
     ctx = CompressContext(teacher=teacher, data=data, progress=False)
-    cfg = DistillConfig(method=method, k=16, iters=30, lr=1e-2, finetune_epochs=0)
-    out = distill(student, x[:1], cfg, ctx)
+    out = distill(student, x[:1], DistillConfig(method=method, select="keep", k=None, views=1, steps=0), ctx)
     assert set(out.distill_report) == {"stem", "conv1", "conv2", "side", "fc"}
-    assert all(isinstance(v, float) for v in out.distill_report.values())
     assert logit_mse(out, teacher, x) < 0.7 * logit_mse(student, teacher, x)
     assert student.conv1.weight.shape == out.conv1.weight.shape == (5, 8, 3, 3)
 
 
-def test_finetune_baseline_lowers_training_loss():
+def test_function_matching_lowers_the_kl_to_the_teacher():
+    from slimkit.compress.matching import kd_loss
+
     teacher = tiny_model()
     student = hand_pruned(teacher)
     data = tiny_data(n_batches=4)
-    X = torch.cat([b[0] for b in data]); Y = torch.cat([b[1] for b in data])
+    X = torch.cat([b[0] for b in data])
     ctx = CompressContext(teacher=teacher, data=data, progress=False)
-    out = distill(student, X[:1], DistillConfig(method="finetune", k=16, finetune_epochs=30, finetune_lr=0.05), ctx)
-    ce = torch.nn.functional.cross_entropy
+    out = distill(student, X[:1], DistillConfig(method="finetune", k=None, steps=60, lr=0.05, batch_size=16), ctx)
     with torch.no_grad():
-        assert float(ce(out(X), Y)) < float(ce(student(X), Y))
+        assert float(kd_loss(out(X), teacher(X), 1.0)) < 0.8 * float(kd_loss(student(X), teacher(X), 1.0))
     assert out.distill_report == {}
 
 
@@ -80,7 +100,7 @@ def test_distill_through_compress_uses_original_as_teacher():
     teacher = tiny_model()
     student = hand_pruned(teacher)
     # compress() is handed the student; its own "teacher" is then the student, so channel maps are identity
-    res = compress(student, torch.randn(1, 3, 8, 8), "distill(iters=5,finetune_epochs=1)", data=tiny_data(),
+    res = compress(student, torch.randn(1, 3, 8, 8), "distill(steps=2,views=1)", data=tiny_data(),
                    progress=False, latency_batches=())
     assert res.model.conv1.weight.shape == (5, 8, 3, 3)
 
@@ -90,49 +110,54 @@ def test_errors():
         distill(tiny_model(), torch.randn(1, 3, 8, 8), DistillConfig(), CompressContext())
     with pytest.raises(ValueError, match=r"mu must be in \[0, 1\]"):
         DistillConfig(mu=2.0)
+    with pytest.raises(ValueError, match="ridge"):
+        DistillConfig(ridge=-1.0)
 
 
 def test_lsq_solver_is_the_exact_minimiser():
+    """Layer-wise: each refit layer is the least-squares solution of (student input -> teacher output)."""
     teacher = tiny_model()
     student = hand_pruned(teacher)
     data = tiny_data(n_batches=4)
     x = torch.cat([b[0] for b in data])
     ctx = CompressContext(teacher=teacher, data=data, progress=False)
-    cfg = dict(method="layerwise", k=16, finetune_epochs=0)
+    cfg = dict(method="layerwise", select="keep", k=None, views=1, steps=0)
     lsq = distill(student, x[:1], DistillConfig(solver="lsq", ridge=0.0, **cfg), ctx)
     adam = distill(student, x[:1], DistillConfig(solver="adam", iters=30, lr=1e-2, **cfg), ctx)
-    # stem and conv1 see the teacher's own input, so the teacher's slice is reachable: loss ~ 0
-    assert lsq.distill_report["stem"] < 1e-10 and lsq.distill_report["conv1"] < 1e-10
+    xs, _ = _io(lsq, "conv2", x)
+    _, yt = _io(teacher, "conv2", x)
+    from slimkit.compress.distill import _flat_weight, _responses, _rows
+    a, b = _rows(lsq.conv2, xs).double(), _responses(yt).double()
+    ref = torch.linalg.lstsq(a, b).solution
+    torch.testing.assert_close(_flat_weight(lsq.conv2), ref, rtol=1e-4, atol=1e-5)
 
-    def conv2_error(m):  # full-data layer-wise loss of conv2, whose input is exact under both solvers
-        seen = {}
-        for net, key in ((m, "s"), (teacher, "t")):
-            h = net.conv2.register_forward_hook(lambda mod, i, o, key=key: seen.__setitem__(key, o))
-            with torch.no_grad():
-                net(x)
-            h.remove()
-        return float(((seen["s"] - seen["t"]) ** 2).mean())
+    def conv2_error(m):
+        return float(((_io(m, "conv2", x)[1] - yt) ** 2).mean())
 
     assert 0 < conv2_error(lsq) <= conv2_error(adam)  # the closed form cannot be beaten
-    with pytest.raises(ValueError, match="ridge"):
-        DistillConfig(ridge=-1.0)
+    assert float(((_io(lsq, "stem", x)[1] - _io(teacher, "stem", x)[1]) ** 2).mean()) < 1e-10  # reachable: exact
 
 
-def test_imitation_target_fills_removed_channels_from_the_teacher():
-    from slimkit.compress.distill import _imitation_target
+def test_recon_reselects_chain_channels_and_refits_the_reader_exactly():
+    from slimkit.compress.distill import _flat_weight, _responses, _rows
+    from slimkit.compress.surgery import prune_record
 
-    torch.manual_seed(0)
-    ref = torch.nn.Conv2d(4, 3, 3, padding=1)
-    x_t = torch.randn(6, 4, 5, 5)
-    keep = torch.tensor([0, 2, 3])
-    x_s = x_t[:, keep] + 0.1 * torch.randn(6, 3, 5, 5)
-    cfg = DistillConfig(batch_size=4)
-    full = x_t.clone()
-    full[:, keep] = x_s
-    with torch.no_grad():
-        want = ref(full)[:, [1, 2]]
-    got = _imitation_target(ref, x_s, x_t, keep, torch.tensor([1, 2]), cfg)
-    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
-    # nothing removed: the plain teacher layer on the student's input
-    torch.testing.assert_close(_imitation_target(ref, x_t, x_t, torch.arange(4), torch.arange(3), cfg),
-                               ref(x_t).detach(), rtol=1e-6, atol=1e-6)
+    teacher = tiny_model()
+    student = with_record(hand_pruned(teacher), teacher)
+    data = tiny_data(n_batches=4)
+    x = torch.cat([b[0] for b in data])
+    ctx = CompressContext(teacher=teacher, data=data, progress=False)
+    out = distill(student, x[:1], DistillConfig(select="recon", k=None, views=1, steps=0, ridge=0.0), ctx)
+    chain = prune_record(out).chains[0]
+    assert len(chain.kept) == 5 and out.conv1.weight.shape[0] == out.conv2.weight.shape[1] == 5
+    assert prune_record(out).kept["conv2"][1].tolist() == chain.kept.tolist()
+    assert "re-selected" in out.distill_report["conv1"]
+    assert prune_record(student).chains[0].kept.tolist() == KEEP.tolist()  # the input model's record is untouched
+    # conv2 is the exact least-squares fit of the teacher's conv2 output from the student's kept channels
+    xs, _ = _io(out, "conv2", x)
+    _, yt = _io(teacher, "conv2", x)
+    ref = torch.linalg.lstsq(_rows(out.conv2, xs).double(), _responses(yt).double()).solution
+    torch.testing.assert_close(_flat_weight(out.conv2), ref, rtol=1e-3, atol=1e-4)
+    keep = distill(with_record(hand_pruned(teacher), teacher), x[:1],
+                   DistillConfig(select="keep", k=None, views=1, steps=0, ridge=0.0), ctx)
+    assert float(((_io(out, "conv2", x)[1] - yt) ** 2).mean()) <= float(((_io(keep, "conv2", x)[1] - yt) ** 2).mean())

@@ -82,3 +82,23 @@ def test_calibration_measures_output_error_and_config_errors():
     with pytest.raises(ValueError, match="svd, channel, spatial"):
         LowRankConfig(methods="tucker")
     assert get_pass("lowrank")[0] is LowRankConfig
+
+
+def test_default_is_an_error_budget():
+    """No arguments: the summed per-layer error estimate stays within ``budget`` and grows with it."""
+    from slimkit.compress.lowrank import candidates, choose_within
+
+    model, x = _decaying(toy_net()), torch.randn(4, 3, 8, 8)
+    totals = []
+    for budget in (0.0, 0.03, 0.3):
+        ctx = CompressContext(progress=False)
+        out = lowrank(model, x, LowRankConfig(budget=budget), ctx)
+        total = sum(c.error for c in ctx.extras["lowrank"].values())
+        assert total <= budget + 1e-12
+        totals.append((total, count_macs(out, x)))
+    assert totals[0] == (0.0, count_macs(model, x))  # budget 0: untouched
+    assert totals[2][1] < totals[1][1] <= totals[0][1]
+    cands = candidates(analyze(model, x))
+    picks = choose_within(cands, 0.3)  # the largest knob within the budget: any bigger one exceeds it
+    assert sum(c.error for c in picks.values()) <= 0.3
+    assert LowRankConfig().tradeoff is None and LowRankConfig().calibrate == "auto"

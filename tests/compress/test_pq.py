@@ -71,8 +71,8 @@ def test_pq_pass_on_tiny_resnet():
     data = tiny_data()
     x = torch.cat([b[0] for b in data])
     ctx = CompressContext(data=data, progress=False)
-    plain = pq(model, x[:1], PQConfig(k=8, sub_dim=2, ec_iters=0), ctx)
-    fixed = pq(model, x[:1], PQConfig(k=8, sub_dim=2, ec_iters=2), ctx)
+    plain = pq(model, x[:1], PQConfig(k=8, sub_dim=2, ec_iters=0, steps=0), ctx)
+    fixed = pq(model, x[:1], PQConfig(k=8, sub_dim=2, ec_iters=2, steps=0), ctx)
     assert sum(isinstance(m, (PQConv2d, PQLinear)) for m in fixed.modules()) == 5
     assert type(model.conv1) is torch.nn.Conv2d  # input untouched
     ref = model(x)
@@ -91,7 +91,7 @@ def test_bad_config():
 def test_codebooks_train_and_stay_in_storage_precision():
     model = tiny_model()
     data = tiny_data()
-    q = pq(model, data[0][0][:1], PQConfig(k=4, sub_dim=2, ec_iters=0), CompressContext(data=data, progress=False))
+    q = pq(model, data[0][0][:1], PQConfig(k=4, sub_dim=2, ec_iters=0, steps=0), CompressContext(data=data, progress=False))
     X, Y = torch.cat([b[0] for b in data]), torch.cat([b[1] for b in data])
     opt = torch.optim.SGD(q.parameters(), lr=0.05)
     ce = torch.nn.functional.cross_entropy
@@ -108,3 +108,21 @@ def test_codebooks_train_and_stay_in_storage_precision():
         w = q.conv1.dense_weight()
     assert torch.equal(w, w.half().float())  # forward sees fp16-rounded codebooks: what is stored
     assert q.conv1.packed_state()["codebooks"].dtype == torch.float16
+
+
+def test_codeword_finetune_moves_towards_the_teacher_with_assignments_fixed():
+    from slimkit.compress.matching import kd_loss
+
+    model = tiny_model()
+    with torch.no_grad():
+        model.fc.weight.mul_(30)  # confident outputs, so the KL to them carries signal
+    data = tiny_data(n_batches=4)
+    x = torch.cat([b[0] for b in data])
+    ctx = CompressContext(teacher=model, data=data, progress=False)
+    base = pq(model, x[:1], PQConfig(k=2, sub_dim=4, ec_iters=0, steps=0), ctx)
+    tuned = pq(model, x[:1], PQConfig(k=2, sub_dim=4, ec_iters=0, steps=80, lr=0.01), ctx)
+    for a, b in zip(base.modules(), tuned.modules()):
+        if isinstance(a, (PQConv2d, PQLinear)):
+            assert torch.equal(a.indices, b.indices) and a.storage_bytes() == b.storage_bytes()
+    with torch.no_grad():
+        assert float(kd_loss(tuned(x), model(x), 1.0)) < 0.8 * float(kd_loss(base(x), model(x), 1.0))

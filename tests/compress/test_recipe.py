@@ -64,3 +64,13 @@ def test_bad_strings_show_grammar_and_known_passes(bad, needle):
     assert "Grammar: recipe := pass" in msg
     assert "pq(sub_dim=4, k=16" in msg and "int8(calib_batches=8" in msg
     assert isinstance(info.value, ValueError)  # the CLI prints ValueErrors as one line
+
+
+def test_fold_before_prune_warns():
+    import warnings
+
+    with pytest.warns(UserWarning, match="put fold last"):
+        parse_recipe("fold,prune(macs=0.5),distill")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        parse_recipe("prune(macs=0.5),distill,fold")

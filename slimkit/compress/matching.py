@@ -1,0 +1,129 @@
+"""Function matching: fine-tune a student to the teacher's outputs on heavily augmented few-shot images.
+
+"Patient and consistent" distillation (Beyer et al., CVPR 2022): every step draws new views of the few images
+(random crops, flips where the data allows, mixup/cutmix between them) and the teacher labels exactly the view
+the student sees, so 100 images give many distinct training signals; the loss is the KL divergence to the
+teacher's softened outputs, optionally plus the MSE to its penultimate features (the classifier's input, as
+MiR does). No labels are used. SGD with Nesterov momentum and a one-cycle schedule; BatchNorm statistics
+stay frozen (recalibrate them before, see ``bnrecal``). Used by ``distill`` and by ``pq``'s codeword fine-tune.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from slimkit.compress.views import views
+
+
+@dataclass
+class MatchSettings:
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 0.01  # peak of the one-cycle schedule
+    temperature: float = 1.0
+    features: float = 0.0  # weight of the feature MSE (each term relative to the teacher's feature energy)
+    feature_at: str = "penultimate"  # "penultimate": the classifier's input; "blocks": every residual block's output
+    crop: bool = True
+    flip: bool = True
+    mix: str = "both"
+    alpha: float = 1.0
+    weight_decay: float = 0.0
+    optimizer: str = "sgd"
+
+
+def last_linear(model):
+    """The last nn.Linear registered in ``model`` (the classifier of a CNN), or None."""
+    found = None
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            found = m
+    return found
+
+
+def block_names(model):
+    """Submodules holding >= 2 conv/linear layers that are not plain containers: a network's blocks."""
+    layers = (torch.nn.Conv2d, torch.nn.Linear)
+    return [n for n, m in model.named_modules() if n and not isinstance(m, (torch.nn.Sequential, torch.nn.ModuleList))
+            and sum(isinstance(x, layers) for x in m.modules()) >= 2]
+
+
+class _Grab:
+    """Forward hooks keeping, per name, the input (``what="input"``) or output of modules."""
+
+    def __init__(self, modules, what="output"):
+        self.values, self.what = {}, what
+        self.handles = [m.register_forward_hook(lambda mod, a, o, n=n: self.values.__setitem__(
+            n, a[0] if self.what == "input" else o)) for n, m in modules.items()]
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def _feature_hooks(student, teacher, s):
+    if s.features <= 0:
+        return _Grab({}), _Grab({})
+    if s.feature_at == "blocks":
+        t_names = set(block_names(teacher))
+        names = [n for n in block_names(student) if n in t_names]
+        return (_Grab({n: student.get_submodule(n) for n in names}),
+                _Grab({n: teacher.get_submodule(n) for n in names}))
+    ls, lt = last_linear(student), last_linear(teacher)
+    if ls is None or lt is None:
+        return _Grab({}), _Grab({})
+    return _Grab({"fc": ls}, "input"), _Grab({"fc": lt}, "input")
+
+
+def _set_bn_eval(model):
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def kd_loss(student_out, teacher_out, temperature):
+    t = temperature
+    return t * t * F.kl_div(F.log_softmax(student_out / t, 1), F.log_softmax(teacher_out / t, 1),
+                            reduction="batchmean", log_target=True)
+
+
+def function_matching(student, teacher, X, settings: MatchSettings, gen, params=None, progress=False, desc="distill"):
+    """Fine-tune ``student`` in place towards ``teacher`` on views of ``X``; returns the last loss.
+    ``params``: the parameters to train (default: all of the student's)."""
+    from tqdm import tqdm
+
+    s = settings
+    if s.steps <= 0:
+        return None
+    params = [p for p in (params if params is not None else student.parameters()) if p.requires_grad]
+    if s.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=s.lr, momentum=0.9, nesterov=True, weight_decay=s.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=s.lr, total_steps=s.steps, pct_start=0.15)
+    grab_s, grab_t = _feature_hooks(student, teacher, s)
+    teacher.eval()
+    student.train()
+    _set_bn_eval(student)
+    loss = None
+    try:
+        for _ in tqdm(range(s.steps), desc=f"{desc}: function matching", disable=not progress, leave=False):
+            idx = torch.randint(0, len(X), (min(s.batch_size, max(len(X), 2)),), generator=gen)
+            x = views(X[idx], gen, s.crop, s.flip, s.mix, s.alpha)
+            with torch.no_grad():
+                t_out = teacher(x)
+            out = student(x)
+            loss = kd_loss(out, t_out, s.temperature)
+            terms = [F.mse_loss(fs, ft.detach()) / ft.detach().pow(2).mean().clamp_min(1e-12)
+                     for n, fs in grab_s.values.items() if torch.is_tensor(fs)
+                     for ft in [grab_t.values.get(n)] if torch.is_tensor(ft) and ft.shape == fs.shape]
+            if terms:  # the mean over matched features, so the weight does not grow with depth
+                loss = loss + s.features * sum(terms) / len(terms)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    finally:
+        grab_s.remove()
+        grab_t.remove()
+        student.eval()
+    return float(loss.detach())
