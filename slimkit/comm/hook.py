@@ -14,10 +14,10 @@ import time
 import torch
 import torch.distributed as dist
 
+from slimkit.comm._registry import BUILTIN_HOOKS, parse_compressor  # BUILTIN_HOOKS: wrapped for the same stats
 from slimkit.comm.auto import DENSE, Auto
 from slimkit.comm.base import Compressor, slice_segments
 
-BUILTIN_HOOKS = ("allreduce", "fp16", "powersgd")  # PyTorch's own hooks, wrapped for the same stats
 PATHS = ("auto", "allgather", "twophase")
 PHASE2_RANK_OFFSET = 65536  # the phase-2 compressor of rank r draws the noise stream of "rank" r + this
 _POWERSGD_KEYS = ("iter", "error_dict", "p_memory_dict", "q_memory_dict")
@@ -404,8 +404,6 @@ def register(ddp_model, compressor="auto", process_group=None, path="auto", **ho
             ddp_model.register_comm_hook(process_group, _wrap_torch_hook(state, hook, per))
         return state
     if isinstance(compressor, str):
-        from slimkit.comm._registry import parse_compressor
-
         compressor = parse_compressor(compressor)
     if not isinstance(compressor, Compressor):
         raise TypeError(f"expected a slimkit Compressor, a spec string or one of {BUILTIN_HOOKS}, "

@@ -1,13 +1,15 @@
 """The pass interface shared by every compression pass.
 
 A pass is a typed config dataclass (subclass of ``PassConfig``) plus an apply function registered
-with ``@register_pass(ConfigClass)``. The apply function takes
+with ``@register_pass(ConfigClass)`` (``PASSES``, a ``slimkit.registry.Registry``). The apply function takes
 ``(model, example_inputs, config, context)`` and returns a NEW nn.Module; it never modifies its input.
 """
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
+
+from slimkit.registry import Registry
 
 
 @dataclass
@@ -36,29 +38,19 @@ class CompressContext:
     extras: dict = field(default_factory=dict)
 
 
-_PASSES: dict[str, tuple[type, Callable]] = {}
+PASSES = Registry("pass", plural="passes")
+_PASSES = PASSES.entries  # name -> Plugin(config class, apply function); the name older code used
 
 
 def register_pass(config_cls):
     """Register ``fn(model, example_inputs, config, context) -> nn.Module`` for ``config_cls``."""
-    if not config_cls.name:
-        raise ValueError(f"{config_cls.__name__} needs a class attribute `name`")
-
-    def wrap(fn):
-        if config_cls.name in _PASSES:
-            raise ValueError(f"pass {config_cls.name!r} is already registered")
-        _PASSES[config_cls.name] = (config_cls, fn)
-        return fn
-
-    return wrap
+    return PASSES.register(config_cls)
 
 
 def list_passes():
-    return sorted(_PASSES)
+    return PASSES.names()
 
 
 def get_pass(name):
-    try:
-        return _PASSES[name]
-    except KeyError:
-        raise ValueError(f"unknown pass {name!r}; known passes: {', '.join(list_passes())}") from None
+    """``(config class, apply function)`` of pass ``name``."""
+    return PASSES.get(name)

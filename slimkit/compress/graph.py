@@ -24,6 +24,7 @@ import torch
 import torch.fx
 
 from slimkit.compress.capture import Capture, GraphError, capture
+from slimkit.registry import Registry
 
 __all__ = ["ChannelGraph", "ChannelGroup", "GraphError", "build_graph", "register_pad_editor"]
 
@@ -61,28 +62,24 @@ NEW_TENSORS = {"arange", "zeros", "ones", "full", "empty", "scalar_tensor", "zer
 NO_OUTPUT = {"_assert_tensor_metadata", "_assert_async", "sym_constrain_range_for_size", "_assert_scalar",
              "sym_size", "sym_numel", "sym_stride", "_local_scalar_dense", "item", "size", "dim"}
 
-_PAD_EDITORS = {}
+PAD_EDITORS = Registry("pad editor", by_type=True)
+_PAD_EDITORS = PAD_EDITORS.entries
 
 
 def register_pad_editor(module_type):
     """Let a module whose channel padding lives in attributes have it edited by pruning:
     ``fn(module, dim, left, right)`` sets the new amounts. Without an editor, groups that meet a
     channel padding are fixed (its amounts live in code)."""
-    def wrap(fn):
-        if module_type in _PAD_EDITORS:
-            raise ValueError(f"pad editor for {module_type.__name__} is already registered")
-        _PAD_EDITORS[module_type] = fn
-        return fn
-    return wrap
+    return PAD_EDITORS.register(module_type)
 
 
 def pad_editor(module):
     """The registered editor of ``module``'s padding, or its own ``set_channel_pad(dim, left, right)``."""
     if module is None:
         return None
-    for cls in type(module).__mro__:
-        if cls in _PAD_EDITORS:
-            return _PAD_EDITORS[cls]
+    editor = PAD_EDITORS.find(module)
+    if editor is not None:
+        return editor
     if callable(getattr(module, "set_channel_pad", None)):
         return lambda m, dim, left, right: m.set_channel_pad(dim, left, right)
     return None

@@ -16,29 +16,25 @@ a group's score is the mean over its members.
 import torch
 
 from slimkit.compress.graph import UNARY, _op
+from slimkit.registry import Registry
 
-_CRITERIA = {}
+# "expected one of": the words PruneConfig's and the tests' error checks have always used
+CRITERIA = Registry("criterion", plural="criteria", known="expected one of")
+_CRITERIA = CRITERIA.entries
 _FOLLOW = UNARY | {"batch_norm", "layer_norm", "group_norm", "instance_norm"}
 
 
 def register_importance(name):
-    def wrap(fn):
-        if name in _CRITERIA:
-            raise ValueError(f"importance {name!r} is already registered")
-        _CRITERIA[name] = fn
-        return fn
-    return wrap
+    """Register ``fn(graph, activations=None) -> {(weight FQN, dim): scores}`` under ``name``."""
+    return CRITERIA.register(name)
 
 
 def list_importances():
-    return sorted(_CRITERIA)
+    return CRITERIA.names()
 
 
 def get_importance(name):
-    try:
-        return _CRITERIA[name]
-    except KeyError:
-        raise ValueError(f"unknown criterion {name!r}; expected one of {', '.join(list_importances())}") from None
+    return CRITERIA.get(name)
 
 
 def _tensor(graph, fqn):

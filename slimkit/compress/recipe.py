@@ -4,22 +4,23 @@ String grammar (whitespace ignored)::
 
     recipe := pass ("," pass)*
     pass   := NAME | NAME "(" [arg ("," arg)*] ")"
-    arg    := FIELD "=" VALUE          VALUE: int, float, true/false, none, or a bare word
+    arg    := FIELD "=" VALUE          VALUE: int, float, true/false, none, 'quoted', (tuple,) or a bare word
+
+The grammar is ``slimkit.registry``'s, shared by every plug-in spec (compressors, samplers, ...).
 
 Example: ``"fold,prune(macs=0.5),distill(k=10)"``. YAML: a list whose items are a pass name or a
 one-key mapping ``{name: {field: value}}`` (a top-level ``recipe:`` key is also accepted).
 """
 import dataclasses
-import re
-import typing
 
-from slimkit.compress.base import PassConfig, get_pass, list_passes
+from slimkit.compress.base import PASSES, PassConfig, get_pass, list_passes
+from slimkit.registry import coerce, default_text, format_value, parse_spec, split_top
 
 GRAMMAR = (
     "recipe := pass (',' pass)*;  pass := NAME | NAME(FIELD=VALUE, ...);  "
-    "VALUE := int | float | true | false | none | word.  Example: fold,prune(macs=0.5),distill(k=10)"
+    "VALUE := int | float | true | false | none | 'string' | (VALUE, ...) | word.  "
+    "Example: fold,prune(macs=0.5),distill(k=10)"
 )
-_PASS_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?$", re.S)
 
 
 class RecipeError(ValueError):
@@ -30,17 +31,9 @@ def _known_passes():
     lines = []
     for name in list_passes():
         cls, _ = get_pass(name)
-        fields = ", ".join(f"{f.name}={_default_str(f)}" for f in dataclasses.fields(cls))
+        fields = ", ".join(f"{f.name}={default_text(f)}" for f in dataclasses.fields(cls))
         lines.append(f"  {name}({fields})")
     return "\n".join(lines) or "  (none registered)"
-
-
-def _default_str(f):
-    if f.default is not dataclasses.MISSING:
-        return _format_value(f.default)
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return _format_value(f.default_factory())  # type: ignore[misc]
-    return "<required>"
 
 
 def _fail(msg):
@@ -49,78 +42,28 @@ def _fail(msg):
 
 def _split_top(text, sep=","):
     """Split on ``sep`` outside parentheses."""
-    parts, depth, cur = [], 0, []
-    for ch in text:
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-            if depth < 0:
-                _fail(f"unbalanced ')' in {text!r}")
-        if ch == sep and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    if depth != 0:
-        _fail(f"unbalanced '(' in {text!r}")
-    parts.append("".join(cur))
-    return [p.strip() for p in parts]
-
-
-def _parse_value(text):
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    return text
+    try:
+        return split_top(text, sep)
+    except ValueError as err:
+        _fail(str(err))
 
 
 def _coerce(cls, field, value):
     """Check/convert ``value`` against the dataclass field's type annotation."""
-    hints = typing.get_type_hints(cls)
-    tp = hints.get(field.name, typing.Any)
-    origin = typing.get_origin(tp)
-    allowed = typing.get_args(tp) if origin is typing.Union else (tp,)
-    if value is None and type(None) in allowed:
-        return None
-    for t in allowed:
-        if typing.get_origin(t) is typing.Literal:
-            if value in typing.get_args(t):
-                return value
-            continue
-        if t is typing.Any:
-            return value
-        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if t is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if t in (bool, str) and isinstance(value, t):
-            return value
-    _fail(f"{cls.name}: field {field.name!r} expects {tp}, got {value!r}")
+    try:
+        return coerce(cls, field, value, name=cls.name)
+    except ValueError as err:
+        _fail(str(err))
 
 
 def make_config(name, **kwargs):
     """Build the config of pass ``name`` from keyword values, with type checks."""
-    if name not in list_passes():
+    if name not in PASSES:
         _fail(f"unknown pass {name!r}")
-    cls, _ = get_pass(name)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    clean = {}
-    for key, value in kwargs.items():
-        if key not in fields:
-            _fail(f"pass {name!r} has no field {key!r}")
-        clean[key] = _coerce(cls, fields[key], value)
     try:
-        return cls(**clean)
-    except (TypeError, ValueError) as err:
-        _fail(f"pass {name!r}: {err}")
+        return PASSES.create(name, **kwargs)
+    except ValueError as err:
+        _fail(str(err))
 
 
 def parse_recipe(recipe):
@@ -133,18 +76,11 @@ def parse_recipe(recipe):
             _fail("empty recipe")
         out = []
         for item in _split_top(text):
-            m = _PASS_RE.match(item)
-            if not m:
-                _fail(f"cannot parse pass {item!r}")
-            kwargs = {}
-            args = (m.group(2) or "").strip()
-            if args:
-                for arg in _split_top(args):
-                    key, eq, val = arg.partition("=")
-                    if not eq or not key.strip() or not val.strip():
-                        _fail(f"argument {arg!r} of pass {m.group(1)!r} is not FIELD=VALUE")
-                    kwargs[key.strip()] = _parse_value(val.strip())
-            out.append(make_config(m.group(1), **kwargs))
+            try:
+                name, kwargs = parse_spec(item, "pass")
+            except ValueError as err:
+                _fail(str(err))
+            out.append(make_config(name, **kwargs))
         return _check_order(out)
     if isinstance(recipe, dict) and "recipe" in recipe:
         return parse_recipe(recipe["recipe"])
@@ -184,14 +120,6 @@ def _check_order(configs):
     return configs
 
 
-def _format_value(value):
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "none"
-    return str(value)
-
-
 def config_to_dict(config):
     """Only the fields that differ from the defaults, so the string form stays short."""
     out = {}
@@ -205,7 +133,7 @@ def config_to_dict(config):
 def recipe_to_string(configs):
     parts = []
     for cfg in parse_recipe(list(configs)):
-        args = ",".join(f"{k}={_format_value(v)}" for k, v in config_to_dict(cfg).items())
+        args = ",".join(f"{k}={format_value(v)}" for k, v in config_to_dict(cfg).items())
         parts.append(f"{cfg.name}({args})" if args else cfg.name)
     return ",".join(parts)
 

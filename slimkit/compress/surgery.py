@@ -26,8 +26,10 @@ import torch
 from torch import nn
 
 from slimkit.compress.graph import pad_editor
+from slimkit.registry import Registry
 
-_SURGERY = {}
+SURGERY = Registry("surgery", plural="surgeries", by_type=True)
+_SURGERY = SURGERY.entries
 RECORD_ATTR = "_slimkit_prune_record"
 
 # attribute names that hold an attention module's head count, and its total head width
@@ -38,19 +40,11 @@ HEAD_WIDTH_ATTRS = ("all_head_size", "split_size", "inner_dim", "attention_dim",
 def register_surgery(module_type):
     """Register ``fn(module)`` that updates ``module_type``'s shape attributes after its parameters were
     sliced; subclasses use their parent's. A duplicate raises."""
-    def wrap(fn):
-        if module_type in _SURGERY:
-            raise ValueError(f"surgery for {module_type.__name__} is already registered")
-        _SURGERY[module_type] = fn
-        return fn
-    return wrap
+    return SURGERY.register(module_type)
 
 
 def get_surgery(module):
-    for cls in type(module).__mro__:
-        if cls in _SURGERY:
-            return _SURGERY[cls]
-    return None
+    return SURGERY.find(module)
 
 
 @register_surgery(nn.modules.conv._ConvNd)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from slimkit.data.base import DatasetSplits
+from slimkit.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,9 @@ class DatasetInfo:
     options: tuple  # scheme-specific option names, beyond seed/test_fraction/holdout/resize
 
 
-_REGISTRY = {}
+# the "known" list shows each scheme's form (cifar10:PATH), which says how to write the spec
+DATASETS = Registry("data set scheme", describe=lambda info: info.form, known="valid forms")
+_REGISTRY = DATASETS.entries
 _COMMON = ("seed", "test_fraction", "holdout", "resize")
 
 
@@ -28,11 +31,9 @@ def register_dataset(scheme: str, form: str, description: str):
     """Decorator for ``builder(arg, *, seed, test_fraction, holdout, resize, **options) -> DatasetSplits``."""
 
     def wrap(fn):
-        if scheme in _REGISTRY:
-            raise ValueError(f"data set scheme {scheme!r} is already registered")
         params = inspect.signature(fn).parameters
         options = tuple(p for p in params if p not in _COMMON and p != "arg")
-        _REGISTRY[scheme] = DatasetInfo(scheme, fn, form, description, options)
+        DATASETS.register(scheme, DatasetInfo(scheme, fn, form, description, options))
         return fn
 
     return wrap
@@ -40,13 +41,11 @@ def register_dataset(scheme: str, form: str, description: str):
 
 def list_datasets():
     """Registered scheme names, sorted."""
-    return sorted(_REGISTRY)
+    return DATASETS.names()
 
 
 def get_dataset_info(scheme: str) -> DatasetInfo:
-    if scheme not in _REGISTRY:
-        raise ValueError(f"unknown data set scheme {scheme!r}; valid forms: {_forms()}")
-    return _REGISTRY[scheme]
+    return DATASETS.get(scheme)
 
 
 def load_dataset(spec: str, *, seed: Optional[int] = None, test_fraction: Optional[float] = None,
@@ -83,10 +82,6 @@ def load_dataset(spec: str, *, seed: Optional[int] = None, test_fraction: Option
     splits.spec = spec
     splits.meta.setdefault("seed", kwargs["seed"])
     return splits
-
-
-def _forms():
-    return ", ".join(_REGISTRY[s].form for s in list_datasets())
 
 
 def _parse_query(query, spec):

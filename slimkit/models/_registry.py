@@ -1,9 +1,11 @@
-"""Model registry: ``@register_model`` tags a builder; ``create_model(name)`` looks it up."""
-import fnmatch
+"""Model registry: ``@register_model`` tags a builder; ``create_model(name)`` looks it up
+(``MODELS``, a ``slimkit.registry.Registry`` of ``ModelInfo``)."""
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+from slimkit.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -15,7 +17,9 @@ class ModelInfo:
     description: str = ""
 
 
-_REGISTRY: dict[str, ModelInfo] = {}
+MODELS = Registry("model", target=lambda info: info.builder, builtins=tuple(
+    f"slimkit.models.{m}" for m in ("lenet", "resnet_cifar", "mobilenet_v2", "seesaw", "efficientnet", "rnn", "nas")))
+_REGISTRY = MODELS.entries
 
 
 def register_model(name=None, *, input_size, input_dtype=torch.float32, description=""):
@@ -23,10 +27,8 @@ def register_model(name=None, *, input_size, input_dtype=torch.float32, descript
 
     def wrap(fn):
         key = name or fn.__name__
-        if key in _REGISTRY:
-            raise ValueError(f"model {key!r} is already registered")
         doc = description or ((fn.__doc__ or "").strip().splitlines() or [""])[0]
-        _REGISTRY[key] = ModelInfo(key, fn, tuple(input_size), input_dtype, doc)
+        MODELS.register(key, ModelInfo(key, fn, tuple(input_size), input_dtype, doc))
         return fn
 
     return wrap
@@ -34,19 +36,16 @@ def register_model(name=None, *, input_size, input_dtype=torch.float32, descript
 
 def list_models(pattern="*"):
     """Registered model names, sorted, optionally filtered by a glob pattern."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+    return MODELS.names(pattern)
 
 
 def get_model_info(name) -> ModelInfo:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+    return MODELS.get(name)
 
 
 def create_model(name, *, checkpoint=None, **kwargs):
     """Build a registered model; ``checkpoint=`` loads weights (see ``load_checkpoint``)."""
-    model = get_model_info(name).builder(**kwargs)
+    model = MODELS.create(name, **kwargs)
     if checkpoint is not None:
         from slimkit.models._checkpoint import load_checkpoint
 

@@ -8,10 +8,10 @@ from slimkit.profile.analysis import Profile, measure_settings, profile, resize_
 from slimkit.profile.compare import compare_rows, compare_table, profile_pair
 from slimkit.profile.counting import CUSTOM_FORMULAS, MAC_FREE_OPS, analyze_ops, count_macs
 from slimkit.profile.latency import LatencyStats, compare_latency, measure_latency
-from slimkit.profile.runtimes import RUNTIMES, make_runner
+from slimkit.profile.runtimes import RUNTIMES, Runtime, get_runtime, make_runner, register_runtime
 
-__all__ = ["CUSTOM_FORMULAS", "MAC_FREE_OPS", "RUNTIMES", "LatencyStats", "Profile", "analyze_ops",
-           "compare_latency", "compare_rows", "compare_table", "count_macs", "make_runner", "measure_latency",
-           "measure_settings", "profile", "profile_pair", "resize_batch"]
+__all__ = ["CUSTOM_FORMULAS", "MAC_FREE_OPS", "RUNTIMES", "LatencyStats", "Profile", "Runtime", "analyze_ops",
+           "compare_latency", "compare_rows", "compare_table", "count_macs", "get_runtime", "make_runner",
+           "measure_latency", "measure_settings", "profile", "profile_pair", "register_runtime", "resize_batch"]
 
 make_module_callable(__name__, profile)

@@ -29,7 +29,9 @@ def add_arguments(parser):
     parser.add_argument("--batch-sizes", default="1,64", help="comma-separated batch sizes to time (default 1,64; "
                                                               "'none' counts only)")
     parser.add_argument("--threads", default="1,all", help="CPU thread settings, e.g. 1,all (default)")
-    parser.add_argument("--runtime", default="eager", help="eager, onnxruntime, compile; comma-separated")
+    parser.add_argument("--runtime", default="eager",
+                        help="registered runtimes, comma-separated (shipped: eager, onnxruntime, compile; "
+                             "more with slimkit.profile.register_runtime)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls before timing (default 3)")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per setting (default 20)")

@@ -16,7 +16,7 @@ from slimkit.errors import ShapeError
 from slimkit.profile.counting import analyze_ops
 from slimkit.profile.latency import compare_latency, parse_threads
 from slimkit.model_io import Example
-from slimkit.profile.runtimes import RUNTIMES, make_runner
+from slimkit.profile.runtimes import get_runtime, make_runner
 from slimkit.report.table import format_table
 
 SCHEMA_VERSION = 1
@@ -221,8 +221,7 @@ def _thread_settings(threads, device):
 def _runtimes(runtime):
     names = [r.strip() for r in runtime.split(",")] if isinstance(runtime, str) else list(runtime)
     for r in names:
-        if r not in RUNTIMES:
-            raise ValueError(f"unknown runtime {r!r}; expected one of {', '.join(RUNTIMES)}")
+        get_runtime(r)  # an unknown name raises, listing the registered runtimes
     return names
 
 
@@ -231,7 +230,8 @@ def profile(model, example_inputs, *, device="cpu", batch_sizes=(1, 64), threads
     """Count and time ``model`` on ``example_inputs`` (a tensor, a tuple or a dict of keyword inputs such as
     ``{"input_ids": ids}``; dim 0 is the batch and is
     resized to each of ``batch_sizes``). ``threads``: CPU thread settings, ints or "all".
-    ``runtime``: "eager", "onnxruntime", "compile" or several (list or "eager,onnxruntime").
+    ``runtime``: a registered runtime ("eager", "onnxruntime", "compile", see ``slimkit.profile.RUNTIMES``)
+    or several (list or "eager,onnxruntime").
     ``batch_sizes=()`` skips timing. The model is put in eval mode on a copy when it must move device.
     Returns a ``Profile``; ``print(profile)`` shows its tables."""
     if not isinstance(model, torch.nn.Module):
@@ -285,12 +285,12 @@ def measure_settings(entries, *, runtimes=("eager",), threads=("1", "all"), batc
             # bind each model to its own inputs so models with different input shapes can be interleaved
             calls = {name: (lambda r=runners[name], x=batched[name]: x(r)) for name in entries}
             # compile / ORT do one-time work (compilation, allocator set-up) on the first call per shape
-            w = warmup if rt == "eager" else max(int(warmup), 1)
+            w = max(int(warmup), 1) if get_runtime(rt).setup_on_first_call else warmup
             stats = compare_latency(calls, (), warmup=w, repeats=repeats, device=str(dev), threads=n_threads,
                                     batch_size=int(b))
             for name, st in stats.items():
                 row = {"runtime": rt, "threads": label, "batch_size": int(b), **st.to_dict(), "load1": st.loadavg[0]}
-                if dev.type == "cuda" and rt == "eager":
+                if dev.type == "cuda" and get_runtime(rt).cuda_peak:
                     row["cuda_peak_bytes"] = _cuda_peak(runners[name], batched[name], dev)
                 rows[name].append(row)
     return rows

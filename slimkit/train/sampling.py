@@ -11,7 +11,13 @@ Draws are lazy, one index at a time from the current p, so a DataLoader must not
 import torch
 from torch.utils.data import Sampler
 
+from slimkit.registry import Registry
 
+SAMPLERS = Registry("sampler")
+_SAMPLERS = SAMPLERS.entries
+
+
+@SAMPLERS.register("uniform")
 class UniformSampler(Sampler):
     """Seeded random permutation each epoch (the default shuffle, with an explicit seed)."""
 
@@ -29,6 +35,7 @@ class UniformSampler(Sampler):
         return iter(torch.randperm(self.num_samples, generator=g).tolist())
 
 
+@SAMPLERS.register("importance")
 class ImportanceSampler(Sampler):
     reweights = True
 
@@ -89,16 +96,10 @@ class ImportanceSampler(Sampler):
         self._cdf[-1] = 1.0
 
 
-_SAMPLERS = {"uniform": UniformSampler, "importance": ImportanceSampler}
-
-
 def list_samplers():
-    return sorted(_SAMPLERS)
+    return SAMPLERS.names()
 
 
 def create_sampler(name, num_samples, seed=0, **options):
-    try:
-        cls = _SAMPLERS[name]
-    except KeyError:
-        raise ValueError(f"unknown sampler {name!r}; known samplers: {', '.join(list_samplers())}") from None
-    return cls(num_samples, seed=seed, **options)
+    """``name`` may carry options in the spec grammar (``"importance(mixture=0.3)"``); ``options`` override."""
+    return SAMPLERS.create(name, num_samples, seed=seed, **options)
