@@ -11,6 +11,9 @@ The budget is the measured latency of the zoo's seesaw_net at width 0.5 (lut_che
 bench_lut.py: in eager PyTorch the zoo's seesaw_net is slower than mobilenet_v2 at equal width, so a
 mobilenet_v2 budget would leave no seesaw_net); each zoo baseline is the widest of its widths whose
 measured latency fits the budget.
+The search times nothing: it judges latency on a copy of bench_lut's table (in --work) whose scale is
+the median measured / block-sum ratio of the whole networks bench_lut timed (lut_check rows), so the
+search step can run while others time things; only the ``latency`` step measures.
 Data: a class-balanced subset of cifar10_train.npz written OUTSIDE the repository (--work); every
 accuracy in the report is on cifar10_test_dev.npz after standalone training from scratch.
 """
@@ -45,8 +48,12 @@ def parse(argv=None):
     p.add_argument("--population", type=int, default=12)
     p.add_argument("--generations", type=int, default=5)
     p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--eval-images", type=int, default=500, help="held-out images per candidate in the supernet")
+    p.add_argument("--calib-images", type=int, default=256, help="BN recalibration images per candidate")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--di", action="store_true", help="train the supernet with DI-WS")
+    p.add_argument("--test-images", type=int, default=0, help="first N test-dev images in the report (0 = all)")
+    p.add_argument("--out", default=OUT, help="where search.md / search.json / search_latency.json go")
     return p.parse_args(argv)
 
 
@@ -79,6 +86,52 @@ def budget(args):
     return ms, check, widths, zoo
 
 
+def lut_from_check(args, check):
+    """--work/lut.json: bench_lut's table with scale = median(measured / block sum) over the whole
+    networks lut_check timed (no new timing). Returns (path, scale, leave-one-out |error| % per network)."""
+    import statistics
+
+    from slimkit.nas import get_space
+    from slimkit.nas.cost import LatencyLUT
+
+    space = get_space("seesaw")
+    lut = LatencyLUT.load(space, os.path.join(ROOT, check["lut_file"]), check["runtime"], check["threads"], 1)
+    lut.scale = 1.0
+    missing = lut.missing(space.covering(space))
+    if missing:
+        raise SystemExit(f"{len(missing)} blocks of the seesaw space are not in {check['lut_file']}; rerun bench_lut.py")
+    rows = [{"spec": r["spec"], "block_sum_ms": lut.block_sum(r["spec"]), "measured_ms": r["measured_ms"]}
+            for r in check["rows"]]
+    ratios = [r["measured_ms"] / r["block_sum_ms"] for r in rows]
+    lut.scale, lut.calibration = statistics.median(ratios), rows
+    loo = []  # each network's error under the scale of the OTHER networks: a check not calibrated on itself
+    for i, r in enumerate(rows):
+        scale = statistics.median(ratios[:i] + ratios[i + 1:])
+        loo.append(100.0 * (scale * r["block_sum_ms"] - r["measured_ms"]) / r["measured_ms"])
+    os.makedirs(args.work, exist_ok=True)
+    return lut.save(os.path.join(args.work, "lut.json")), lut.scale, loo
+
+
+def _cpu(args, step, fn):
+    """Run ``fn`` and add the CPU seconds it and its subprocesses used to --work/cpu.json."""
+    import resource
+
+    def used():
+        return sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                   for f in ("ru_utime", "ru_stime"))
+
+    t0 = used()
+    try:
+        return fn(args)
+    finally:
+        path = os.path.join(args.work, "cpu.json")
+        cpu = _load(path) if os.path.exists(path) else {}
+        cpu[step] = cpu.get(step, 0.0) + used() - t0
+        os.makedirs(args.work, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(cpu, f, indent=1)
+
+
 def _env(args):
     return {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
 
@@ -86,12 +139,15 @@ def _env(args):
 def search(args):
     data = subset(args)
     ms, check, _, _ = budget(args)
-    lut = os.path.join(ROOT, check["lut_file"])
+    lut, scale, _ = lut_from_check(args, check)
+    print(f"latency table {lut}: scale {scale:.3f} from {len(check['rows'])} whole networks of {args.lut_check}",
+          flush=True)
     common = ["--space", "seesaw", "--data", f"cifar10:{data}", "--budget", f"latency_ms={ms:.3f}", "--lut", lut,
+              "--lut-calibrate", "0",
               "--supernet-steps", str(args.supernet_steps), "--population", str(args.population),
               "--generations", str(args.generations), "--parents", str(args.population // 2),
               "--mutations", str(args.population // 2), "--crossovers", str(args.population // 2),
-              "--eval-images", "500", "--calib-images", "256", "--val-fraction", "0.1", "--no-progress"]
+              "--eval-images", str(args.eval_images), "--calib-images", str(args.calib_images), "--val-fraction", "0.1", "--no-progress"]
     common += ["--di"] if args.di else []
     evo, rnd = os.path.join(args.work, "evolution"), os.path.join(args.work, "random")
     resume = ["--resume"] if os.path.exists(os.path.join(evo, "search_config.json")) else []
@@ -154,13 +210,15 @@ def latency(args):
             rows.setdefault(k, {})[f"eager_b{batch}_ms"] = s.median_ms
             rows[k][f"eager_b{batch}_iqr_ms"] = s.iqr_ms
             rows[k]["load1"] = s.loadavg[0]
-    with open(os.path.join(OUT, "search_latency.json"), "w") as f:
+    with open(os.path.join(args.out, "search_latency.json"), "w") as f:
         json.dump({"cpu": cpu_name(), "torch": torch.__version__, "threads": 1, "rows": rows,
                    "loadavg": os.getloadavg()}, f, indent=1)
     print(json.dumps(rows, indent=1))
 
 
 def report(args):
+    import statistics
+
     from slimkit.data import load_dataset
     from slimkit.nas.supernet import accuracy
     from slimkit.profile.counting import count_macs
@@ -168,13 +226,19 @@ def report(args):
 
     torch.set_num_threads(args.threads)
     ms, check, widths, zoo = budget(args)
-    test = load_dataset(f"cifar10:{args.test}", holdout="balanced", test_fraction=1.0 - 1e-9)
-    tx, ty = test.test.tensors()
+    _, scale, loo = lut_from_check(args, check)
+    test = load_dataset(f"cifar10:{args.test}", holdout="balanced", test_fraction=0.5)  # both halves: all of it
+    (ax, ay), (bx, by) = test.train.tensors(), test.test.tensors()
+    tx, ty = torch.cat([ax, bx]), torch.cat([ay, by])
+    if args.test_images:  # a seeded random subset (the halves above are ordered by class)
+        keep = torch.randperm(len(ty), generator=torch.Generator().manual_seed(0))[:args.test_images]
+        tx, ty = tx[keep], ty[keep]
     batches = [(tx[i:i + 500].float(), ty[i:i + 500].long()) for i in range(0, len(ty), 500)]
-    lat = _load(os.path.join(OUT, "search_latency.json"))["rows"] if os.path.exists(
-        os.path.join(OUT, "search_latency.json")) else {}
+    lat_path = os.path.join(args.out, "search_latency.json")
+    lat = _load(lat_path)["rows"] if os.path.exists(lat_path) else {}
+    cfg = _load(os.path.join(args.work, "evolution", "search_config.json"))
     rows = []
-    for name in models(args):
+    for name, (model, opts) in models(args).items():
         net = _build(args, name)
         row = {"model": name, "macs": count_macs(net, torch.zeros(1, 3, 32, 32)),
                "params": sum(p.numel() for p in net.parameters()), "test_dev_acc": accuracy(net, batches),
@@ -185,23 +249,57 @@ def report(args):
             row.update(spec=best["spec"], lut_ms=best["latency_ms"], supernet_val_acc=best["val_accuracy_in_supernet"],
                        evaluated=len(res["history"]), rejected=res["rejected"])
         else:
-            row.update(spec=f"zoo {name}, {models(args)[name][1]}", lut_ms=None)
+            key = f"{model} w{float(opts.split('=')[1]):g}"
+            row.update(spec=f"zoo {model} {opts}", lut_ms=None, lut_check_ms=zoo[key])
         log = os.path.join(args.work, f"train_{name}", "metrics.jsonl")
-        row["train_s"] = sum(json.loads(line).get("epoch_time_s", 0) or 0 for line in open(log)) if os.path.exists(log) else None
+        if os.path.exists(log):
+            with open(log) as f:
+                epochs = [json.loads(line) for line in f if line.strip()]
+            row["train_s"] = sum(e.get("epoch_time_s") or 0 for e in epochs)
+            last = next((e["eval_accuracy"] for e in reversed(epochs) if e.get("eval_accuracy") is not None), None)
+            row["holdout_acc"] = None if last is None else 100.0 * last  # slimkit train's own held-out split
         rows.append(row)
-    cols = ["model", ("test_dev_acc", "test-dev top-1 %"), ("eager_b1_ms", "measured ms b1"),
-            ("eager_b64_ms", "measured ms b64"), ("lut_ms", "LUT ms"), ("macs", "MACs"), ("params", "params"),
-            ("supernet_val_acc", "supernet val %"), "spec"]
-    text = (f"budget latency_ms={ms:.3f} (= measured zoo {args.budget_model}, eager, 1 thread, batch 1); "
-            f"zoo widths {widths}; {args.epochs} epochs on {args.train_images} images; {check['cpu']}, "
-            f"torch {torch.__version__}\n\n" + to_markdown(rows, cols) + "\n")
-    with open(os.path.join(OUT, "search.md"), "w") as f:
+    cpu_path = os.path.join(args.work, "cpu.json")
+    cpu = _load(cpu_path) if os.path.exists(cpu_path) else {}
+    cols = ["model", ("test_dev_acc", "test-dev top-1 %"), ("lut_ms", "LUT ms (est.)"),
+            ("lut_check_ms", "measured ms (bench_lut)"), ("eager_b1_ms", "measured ms b1"),
+            ("eager_b64_ms", "measured ms b64"), ("macs", "MACs"), ("params", "params"),
+            ("holdout_acc", "train held-out %"), ("supernet_val_acc", "supernet val %"), ("evaluated", "evaluated"), ("rejected", "over budget"),
+            ("train_s", "train s"), "spec"]
+    loo_abs = [abs(v) for v in loo]
+    text = [f"Search under a latency budget: latency_ms <= {ms:.3f} (= measured zoo {args.budget_model}, eager, "
+            f"1 thread, batch 1, from {os.path.relpath(args.lut_check, ROOT)}); zoo baselines = widest width under "
+            f"the budget: {widths}. {check['cpu']}, 2 cores shared, torch {torch.__version__}, OMP_NUM_THREADS=1.",
+            "",
+            f"Settings: supernet {cfg['supernet_steps']} single-path steps ({'DI-WS' if cfg['di'] else 'plain WS'}, "
+            f"batch {cfg['batch_size']}, lr {cfg['lr']}) on a class-balanced {args.train_images}-image subset of "
+            f"cifar10_train.npz (10% held out to rank candidates, {cfg['eval_images']} images, BN recalibrated on "
+            f"{cfg['calib_images']}); evolution: population {cfg['population']}, {args.generations} generations, "
+            f"{cfg['parents']} parents, {cfg['mutations']} mutations + {cfg['crossovers']} crossovers per generation; "
+            f"random search: the same number of feasible candidates on the same supernet. Every network below then "
+            f"trained from scratch with slimkit train, {args.epochs} epochs, SGD lr 0.05 cosine, batch 64, on the "
+            f"same subset; test-dev = cifar10_test_dev.npz ({len(ty)} images).",
+            "",
+            f"Latency: the search times nothing. LUT ms = bench_lut's per-block table x {scale:.3f} (median measured /"
+            f" block-sum over the {len(loo)} whole networks bench_lut timed; leave-one-out error of that scale on "
+            f"those networks: median |error| {statistics.median(loo_abs):.1f}%, max {max(loo_abs):.1f}%). "
+            + ("measured ms b1/b64: interleaved, bench_search.py latency." if lat else
+               "The interleaved whole-network timing of the found networks (latency step) was NOT run: "
+               "measured ms b1/b64 are empty; the zoo column is bench_lut's measurement."),
+            "",
+            "CPU seconds per step (this process + children): " + (", ".join(f"{k} {v:.0f}" for k, v in cpu.items())
+                                                                  or "not recorded"),
+            "", to_markdown(rows, cols), ""]
+    text = "\n".join(text)
+    with open(os.path.join(args.out, "search.md"), "w") as f:
         f.write(text)
-    with open(os.path.join(OUT, "search.json"), "w") as f:
-        json.dump({"budget_ms": ms, "rows": rows, "settings": vars(args)}, f, indent=1, default=str)
+    with open(os.path.join(args.out, "search.json"), "w") as f:
+        json.dump({"budget_ms": ms, "lut_scale": scale, "lut_loo_error_pct": loo, "cpu_s": cpu, "rows": rows,
+                   "search_config": cfg, "settings": vars(args)}, f, indent=1, default=str)
     print(text)
 
 
 if __name__ == "__main__":
     a = parse()
-    {"search": search, "train": train, "latency": latency, "report": report}[a.action](a)
+    step = {"search": search, "train": train, "latency": latency, "report": report}[a.action]
+    _cpu(a, a.action, step) if a.action != "report" else step(a)
