@@ -105,12 +105,7 @@ def restart_resume(settings: dict, out_dir: str) -> None:
             print(f"slimkit train: restart {n}: resuming from {path} (epoch {state['epoch']}, step {state['step']})",
                   flush=True)
     else:
-        import dataclasses
-
-        from slimkit.train.trainer import TrainConfig
-
-        if "overwrite" in {f.name for f in dataclasses.fields(TrainConfig)}:
-            settings["overwrite"] = True  # the run's own files from the failed attempt
+        settings["overwrite"] = True  # the run's own files from the failed attempt (TrainConfig.overwrite)
 
 
 def is_peer_failure(err: BaseException) -> bool:
