@@ -9,6 +9,7 @@ batches. ``timing`` mode times steps with and without DI, interleaved (run it un
 
     python benchmarks/nas/bench_pd.py run        # shared lock, ~15-25 min on 2 loaded cores
     python benchmarks/nas/bench_pd.py timing     # exclusive lock, ~2 min
+    python benchmarks/nas/bench_pd.py report     # pd.md from every pd*.json and timing_*.json in --out
 """
 import argparse
 import copy
@@ -36,7 +37,7 @@ DATA = os.path.join(ROOT, "..", "shared", "data")
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("action", choices=["run", "timing"])
+    p.add_argument("action", choices=["run", "timing", "report"])
     p.add_argument("--data", default=os.path.join(DATA, "cifar10_train.npz"))
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "nas", "pd"))
     p.add_argument("--C", type=int, default=8)
@@ -212,6 +213,64 @@ def _iqr(v):
     return q[2] - q[0]
 
 
+def report(args):
+    """pd.md: one table per PD run file (pd*.json) and the step-time table per DI scope (timing_*.json)."""
+    import glob
+
+    from slimkit.report.table import to_markdown
+
+    text = ["Performance disturbance (PD) on a NAS-Bench-201-cell supernet: after each later architecture's "
+            "training, the accuracy drop of every earlier architecture (held-out class-balanced split of "
+            "cifar10_train.npz, BN recalibrated). PD mean = mean over all (earlier, later) pairs; PD final = mean "
+            "drop after the last architecture; own gain = an architecture's accuracy gain from its own training. "
+            "Negative PD = earlier architectures got better. Target: PD reduced >= 2x at <= 20% extra step time.", ""]
+    for path in sorted(glob.glob(os.path.join(args.out, "pd*.json"))):
+        with open(path) as f:
+            res = json.load(f)
+        st = res["settings"]
+        plain = res["arms"].get("plain WS")
+        rows = []
+        for name, r in res["arms"].items():
+            if plain is None or plain["pd_mean"] <= 0:
+                red = "n/a (plain WS shows no PD)"
+            elif r["pd_mean"] <= 0:
+                red = "PD removed (<= 0)"
+            else:
+                red = f"{plain['pd_mean'] / r['pd_mean']:.2f}x"
+            rows.append({"arm": name, "pd_mean": r["pd_mean"], "pd_final": r["pd_final"], "own_gain": r["own_gain"],
+                         "reduction": red, "seconds": r.get("seconds"),
+                         "load1": (r.get("loadavg") or [None])[0]})
+        text += [f"### {os.path.basename(path)}", "",
+                 f"nb201 C={st['C']} N={st['N']}; plain-WS warm-up {st['warmup_steps']} steps; {st['archs']} "
+                 f"architectures x {st['steps_per_arch']} steps (SGD lr {st['lr']}, batch {st['batch_size']}); "
+                 f"{st['train_images']} training / {st['eval_images']} held-out images; DI decay {st['decay']}, "
+                 f"{st['samples']} input vectors per layer per architecture; seed {st['seed']}, 1 run. "
+                 f"Accuracy resolution 0.2 pt (500 images).", "",
+                 to_markdown(rows, ["arm", ("pd_mean", "PD mean (pt)"), ("pd_final", "PD final (pt)"),
+                                    ("own_gain", "own gain (pt)"), ("reduction", "PD reduction vs plain"),
+                                    ("seconds", "arm s"), ("load1", "load")]), ""]
+    timing = []
+    for path in sorted(glob.glob(os.path.join(args.out, "timing_*.json"))):
+        with open(path) as f:
+            t = json.load(f)
+        for regime, r in t["rows"].items():
+            timing.append({"scope": t["settings"]["timing_scope"], "regime": regime, **r, "cpu": t["cpu"],
+                           "torch": t["torch"], "load1": t["loadavg"][0]})
+    if timing:
+        text += ["### Step time, plain vs DI (median of interleaved steps, 1 thread, batch 64)", "",
+                 "pd-protocol: projectors folded once per 10 steps (the PD run folds once per 100-step architecture, so "
+                 "this overstates its cost); "
+                 "spos: a new architecture and a fold + recording forward after every step (single-path supernet "
+                 "training). 30 steps per arm; the IQRs show how noisy the shared 2-core machine was. "
+                 "`python benchmarks/nas/bench_pd.py timing --timing-scope SCOPE`.", "",
+                 to_markdown(timing, ["scope", "regime", ("plain_ms", "plain ms"), ("di_ms", "DI ms"),
+                                      ("overhead_pct", "overhead %"), ("plain_iqr_ms", "plain IQR ms"),
+                                      ("di_iqr_ms", "DI IQR ms"), "steps", "cpu", "torch", "load1"]), ""]
+    with open(os.path.join(args.out, "pd.md"), "w") as f:
+        f.write("\n".join(text))
+    print("\n".join(text))
+
+
 if __name__ == "__main__":
     a = parse()
-    run(a) if a.action == "run" else timing(a)
+    {"run": run, "timing": timing, "report": report}[a.action](a)

@@ -8,7 +8,7 @@ and compares the estimates with the 200-epoch CIFAR-10 test accuracies of nats_b
 reports the ground truth of the cell it picks. Runs are resumable chunks (``--max-minutes``):
 
     python benchmarks/nas/bench_rank.py run --method ws --seed 0 --max-minutes 14   # repeat until "done"
-    python benchmarks/nas/bench_rank.py report
+    python benchmarks/nas/bench_rank.py report      # rank.json + rank.md (with published_tau.json beside)
 """
 import argparse
 import json
@@ -189,11 +189,55 @@ def report(args):
             row[key], row[key + "_sd"] = ms(key)
         rows.append(row)
     _dump(os.path.join(args.out, "rank.json"), {"summary": rows, "runs": per, "settings": vars(args)})
-    for r in rows:
-        print(r)
-    for method, runs in per.items():
-        for r in runs:
-            print(method, r)
+    text = _markdown(args, rows, per)
+    with open(os.path.join(args.out, "rank.md"), "w") as f:
+        f.write(text)
+    print(text)
+
+
+def _markdown(args, rows, per):
+    from slimkit.report.table import to_markdown
+
+    def pm(r, key, fmt="{:.3f}"):
+        if r[key] is None:
+            return "-"
+        return fmt.format(r[key]) + (f" +- {fmt.format(r[key + '_sd'])}" if r["seeds"] > 1 else "")
+
+    summary = [{"method": r["method"], "seeds": r["seeds"], "tau": pm(r, "kendall_tau"), "rho": pm(r, "spearman"),
+                "top10": pm(r, "top10_overlap", "{:.2f}"), "train_s": pm(r, "train_s", "{:.0f}"),
+                "top_est": pm(r, "top_estimated_truth", "{:.2f}"),
+                "search": pm(r, "search_best_truth", "{:.2f}")} for r in rows]
+    runs = [{"method": m, **r} for m, rs in per.items() for r in rs]
+    text = [f"Ranking quality on NAS-Bench-201 (CIFAR-10 ground truth: nats_bench_tss.csv, 200-epoch test accuracy). "
+            f"Proxy supernet nb201 C={args.C} N={args.N} (published skeleton: C=16, N=5), single-path training, "
+            f"SGD lr {args.lr} cosine, batch {args.batch_size}, on a class-balanced {args.train_images}-image subset "
+            f"of cifar10_train.npz; {args.cells} cells sampled uniformly (the same for every run) estimated by "
+            f"BN-recalibrated ({args.calib_images} images) accuracy on {args.eval_images} held-out images. "
+            f"Search = evolution (population {args.search_population}, {args.search_generations} generations) on "
+            f"the supernet; its pick's ground truth vs the space's optimum {OPTIMUM}%. 1 thread, "
+            f"OMP_NUM_THREADS=1, shared 2-core AMD EPYC, torch {torch.__version__}. mean +- sd over seeds.", "",
+            to_markdown(summary, ["method", "seeds", ("tau", "Kendall tau"), ("rho", "Spearman"),
+                                  ("top10", "top-10 overlap"), ("train_s", "train s"),
+                                  ("top_est", "truth of top-estimated %"), ("search", "truth of search pick %")]),
+            "", "Per run:", "",
+            to_markdown(runs, ["method", "seed", "steps", "cells", ("kendall_tau", "tau"), ("spearman", "rho"),
+                               ("top10_overlap", "top-10"), ("train_s", "train s"), ("eval_s_per_cell", "s/cell"),
+                               ("top_estimated_truth", "truth of top-estimated %"),
+                               ("search_best_truth", "truth of search pick %"), ("search_evaluated", "evaluated")]),
+            ""]
+    pub = os.path.join(args.out, "published_tau.json")
+    if os.path.exists(pub):
+        with open(pub) as f:
+            ref = json.load(f)
+        prow = [{"estimator": name, "cells": label, **vals} for name, d in ref.items()
+                for label, vals in d["rows"].items()]
+        text += ["Published one-shot estimators, recomputed here on the same footing (tau-b vs the same ground "
+                 "truth; `python benchmarks/nas/published_tau.py`): the CIFAR-10 accuracies that few-shot-NAS "
+                 "(Zhao et al., ICML 2021; github.com/aoiang/few-shot-NAS, Few-Shot_NasBench201/supernet_info) "
+                 "release for every cell from their full-size one-shot and few-shot supernets.", "",
+                 to_markdown(prow, ["estimator", "cells", ("kendall_tau", "Kendall tau"), ("spearman", "Spearman"),
+                                    ("top10_overlap", "top-10 overlap")]), ""]
+    return "\n".join(text)
 
 
 if __name__ == "__main__":

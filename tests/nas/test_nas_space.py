@@ -113,3 +113,21 @@ def test_mobile_space_contains_the_zoo_mobilenet_v2():
     spec = "seesaw:w1/1x1k3dense/2x6k3dense/3x6k3dense/4x6k3dense/3x6k3dense/3x6k3dense/1x6k3dense"
     ours, zoo = build_arch(spec), create_model("mobilenet_v2")
     assert [p.shape for p in ours.parameters()] == [p.shape for p in zoo.parameters()]
+
+
+def test_full_mobile_space_supernet_equals_standalone():
+    # The real seesaw space (widths 0.5-1, expansions 3/6, kernels 3/5, all four patterns, MobileNetV2 depth):
+    # a few samples, standalone forward/backward and supernet == exported standalone net in eval mode.
+    space = get_space("seesaw")
+    torch.manual_seed(0)
+    supernet = space.supernet(num_classes=10)
+    calib = [torch.randn(8, 3, 16, 16)]
+    x = torch.randn(2, 3, 16, 16)
+    for arch in _samples(space, 3, seed=2):
+        standalone = create_model("nas", spec=arch.encode())
+        standalone(x).pow(2).mean().backward()
+        supernet.set_arch(arch)
+        recalibrate_bn(supernet, calib)
+        net = supernet.export(arch).eval()
+        assert [p.shape for p in net.parameters()] == [p.shape for p in standalone.parameters()]
+        torch.testing.assert_close(net(x), supernet(x), rtol=1e-4, atol=1e-5)
