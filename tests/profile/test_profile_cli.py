@@ -6,7 +6,7 @@ import pytest
 import torch.nn as nn
 
 from slimkit.cli import main
-from slimkit.models import _registry, list_models
+from slimkit.models import _registry
 
 FAST = ["--batch-sizes", "1,2", "--threads", "1", "--warmup", "1", "--repeats", "3", "--no-progress"]
 
@@ -86,7 +86,6 @@ def test_bad_input_text_and_missing_input(tmp_path, monkeypatch, capsys):
     assert "must look like 1x3x32x32" in capsys.readouterr().err
 
 
-@pytest.mark.skipif("lenet5" not in list_models(), reason="zoo model lenet5 not registered yet")
 def test_zoo_lenet5(capsys):
     assert main(["profile", "--model", "lenet5", "--batch-sizes", "none"]) == 0
     assert "lenet5" in capsys.readouterr().out

@@ -385,7 +385,6 @@ def test_two_process_gloo_run_and_exact_resume(tmp_path):
 @pytest.mark.distributed
 @pytest.mark.timeout(120)
 def test_two_process_gloo_with_gradient_compression_resumes_exactly(tmp_path):
-    pytest.importorskip("slimkit.comm")
     rows, state = _check_ddp_runs(_torchrun(tmp_path, "ecq(bits=2)"))
     assert all(int(r["bytes_sent"]) > 0 and int(r["hook_calls"]) > 0 for r in rows)
     # Each rank's error-feedback buffers are stored and given back to that rank on resume.
