@@ -13,3 +13,16 @@ def cifar_subsets(path, train_images, eval_images):
     idx = few_shot_indices(ty, train_images // 10, 0)
     vidx = few_shot_indices(vy, eval_images // 10, 0)
     return tx[idx].float(), ty[idx].long(), vx[vidx].float(), vy[vidx].long()
+
+
+def loo_scale_errors(block_ms, measured_ms):
+    """Signed % error of ``scale * block sum`` on each network when ``scale`` is the median measured /
+    block-sum ratio of the OTHER networks (a calibration never checked on the networks it was fit on)."""
+    import statistics
+
+    ratios = [m / b for b, m in zip(block_ms, measured_ms)]
+    out = []
+    for i, (b, m) in enumerate(zip(block_ms, measured_ms)):
+        scale = statistics.median(ratios[:i] + ratios[i + 1:])
+        out.append(100.0 * (scale * b - m) / m)
+    return out

@@ -7,6 +7,7 @@ widths, interleaved round-robin) and reports the error of the calibrated estimat
 sum on each. Writes the table (reused by bench_search.py) and lut_check.json / lut_check.md:
 
     /work/tools/cpujob exclusive -- python benchmarks/nas/bench_lut.py --runtime eager --threads 1
+    python benchmarks/nas/bench_lut.py --report      # rewrite lut_check_*.md from its json (times nothing)
 """
 import argparse
 import json
@@ -20,6 +21,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import loo_scale_errors  # noqa: E402
 
 from slimkit.models import create_model  # noqa: E402
 from slimkit.nas import get_space  # noqa: E402
@@ -41,6 +45,7 @@ def parse(argv=None):
     p.add_argument("--check-archs", type=int, default=20)
     p.add_argument("--calib-archs", type=int, default=8)
     p.add_argument("--out", default=OUT)
+    p.add_argument("--report", action="store_true", help="only rewrite the .md from the saved json")
     return p.parse_args(argv)
 
 
@@ -103,5 +108,43 @@ def main(args):
         print(r)
 
 
+def report(args):
+    """lut_check_*.md from lut_check_*.json. A json from before calibration (no "scale") holds the raw block
+    sum as lut_ms; its table then also gets the leave-one-out calibrated error (the scale of the other
+    networks), labelled as such: an estimate of what calibration gives, not a run of it."""
+    tag = f"{args.runtime}_{args.threads}t"
+    with open(os.path.join(args.out, f"lut_check_{args.space}_{tag}.json")) as f:
+        res = json.load(f)
+    rows = res["rows"]
+    calibrated = "scale" in res
+    block = [r.get("block_sum_ms", r["lut_ms"]) for r in rows]
+    loo = loo_scale_errors(block, [r["measured_ms"] for r in rows])
+    for r, b, e in zip(rows, block, loo):
+        r["block_sum_ms"], r["raw_error_pct"], r["loo_error_pct"] = b, 100.0 * (b - r["measured_ms"]) / r["measured_ms"], e
+    raw = [abs(r["raw_error_pct"]) for r in rows]
+    la = [abs(e) for e in loo]
+    head = [f"LUT vs whole network, space {args.space}, {res['runtime']}, {res['threads']} thread(s), batch "
+            f"{res['batch_size']}, {res['cpu']}, torch {res['torch']}, load {res['loadavg'][0]:.2f}; "
+            f"{res['lut_entries']} blocks; {len(rows)} whole networks timed interleaved (slimkit.profile.compare_latency)"]
+    if calibrated:
+        head.append(f"calibrated (scale {res['scale']:.3f} on {res['calib_archs']} other networks): median |error| "
+                    f"{res['median_abs_error_pct']:.1f}%, max {res['max_abs_error_pct']:.1f}%")
+    else:
+        head.append("this run predates calibration: LUT ms = the raw block sum (scale 1)")
+    head.append(f"raw block sum: median |error| {statistics.median(raw):.1f}%, max {max(raw):.1f}%, mean signed "
+                f"{statistics.fmean(r['raw_error_pct'] for r in rows):+.1f}%")
+    head.append(f"leave-one-out scale (median measured/block-sum ratio of the other {len(rows) - 1} networks, computed "
+                f"from these rows, no new timing): median |error| {statistics.median(la):.1f}%, max {max(la):.1f}%, "
+                f"mean signed {statistics.fmean(loo):+.1f}%")
+    md = head + ["", to_markdown(rows, ["spec", ("measured_ms", "measured ms"), ("block_sum_ms", "block sum ms"),
+                                        ("raw_error_pct", "raw error %"), ("loo_error_pct", "LOO-scaled error %")]
+                                 + ([("lut_ms", "LUT ms"), ("error_pct", "error %")] if calibrated else [])),
+                 "", to_markdown(res["zoo"], ["model", ("median_ms", "median ms"), ("iqr_ms", "IQR ms")])]
+    with open(os.path.join(args.out, f"lut_check_{args.space}_{tag}.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    print("\n".join(head))
+
+
 if __name__ == "__main__":
-    main(parse())
+    a = parse()
+    report(a) if a.report else main(a)

@@ -29,6 +29,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import loo_scale_errors  # noqa: E402
 
 DATA = os.path.join(ROOT, "..", "shared", "data")
 OUT = os.path.join(ROOT, "benchmarks", "results", "nas")
@@ -102,12 +105,9 @@ def lut_from_check(args, check):
         raise SystemExit(f"{len(missing)} blocks of the seesaw space are not in {check['lut_file']}; rerun bench_lut.py")
     rows = [{"spec": r["spec"], "block_sum_ms": lut.block_sum(r["spec"]), "measured_ms": r["measured_ms"]}
             for r in check["rows"]]
-    ratios = [r["measured_ms"] / r["block_sum_ms"] for r in rows]
-    lut.scale, lut.calibration = statistics.median(ratios), rows
-    loo = []  # each network's error under the scale of the OTHER networks: a check not calibrated on itself
-    for i, r in enumerate(rows):
-        scale = statistics.median(ratios[:i] + ratios[i + 1:])
-        loo.append(100.0 * (scale * r["block_sum_ms"] - r["measured_ms"]) / r["measured_ms"])
+    lut.scale = statistics.median(r["measured_ms"] / r["block_sum_ms"] for r in rows)
+    lut.calibration = rows
+    loo = loo_scale_errors([r["block_sum_ms"] for r in rows], [r["measured_ms"] for r in rows])
     os.makedirs(args.work, exist_ok=True)
     return lut.save(os.path.join(args.work, "lut.json")), lut.scale, loo
 
