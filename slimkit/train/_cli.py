@@ -165,18 +165,20 @@ def run(args) -> int:
     config = config_from_dict(settings)
     _check_optimizer(config.optimizer, config.optimizer_options)
     from slimkit.models import get_model_info
-    from slimkit.train.trainer import _lazy
 
     get_model_info(model_name)
     if config.compress:
-        _lazy("slimkit.comm", "parse_compressor", "--compress")(config.compress)
+        from slimkit.comm import parse_compressor
+
+        parse_compressor(config.compress)
     if int(os.environ.get("RANK", "0")) == 0:
         from slimkit._io import check_out_dir
 
         check_out_dir(config.out_dir, flag="--out", overwrite=config.overwrite, existing_ok=bool(config.resume))
     if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return _relaunch(args, nproc, int(run_opts.get("max_restarts") or 0), run_opts.get("timeout"))
-    load_dataset = _lazy("slimkit.data", "load_dataset", "--data")
+    from slimkit.data import load_dataset
+
     splits = load_dataset(data_spec)
     dropped = (getattr(splits, "meta", None) or {}).get("dropped")
     if dropped and int(os.environ.get("RANK", "0")) == 0:

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampl
 from tqdm import tqdm  # not tqdm.auto: its asyncio wrapper calls iter() on the DataLoader an extra time
 
 from slimkit import _io
-from slimkit.errors import CheckpointError, SlimkitError, TrainingError
+from slimkit.errors import CheckpointError, TrainingError
 from slimkit.train import checkpoint as ckpt
 
 LOSSES = ("ce", "mse", "huber")
@@ -283,7 +283,8 @@ class Trainer:
         if cfg.sampler:
             if self.world > 1:
                 raise ValueError("a custom sampler is not supported in distributed runs yet; drop --sampler or --nproc")
-            create_sampler = _lazy("slimkit.train.sampling", "create_sampler", "sampler=")
+            from slimkit.train.sampling import create_sampler
+
             self.sampler = create_sampler(cfg.sampler, len(data), seed=cfg.seed, **cfg.sampler_options)
             self.reweights = bool(getattr(self.sampler, "reweights", False))
             if self.reweights:
@@ -307,7 +308,8 @@ class Trainer:
         cfg = self.config
         model = self.model.to(self.device)
         if cfg.memory_budget is not None:
-            apply_memory_budget = _lazy("slimkit.train.memory", "apply_memory_budget", "memory_budget=")
+            from slimkit.train.memory import apply_memory_budget
+
             n = min(cfg.batch_size, len(self.train_data))
             example = torch.utils.data.default_collate([self.train_data[i] for i in range(n)])[0].to(self.device)
             model = apply_memory_budget(model, example, parse_size(cfg.memory_budget)).to(self.device)
@@ -320,8 +322,8 @@ class Trainer:
         if cfg.compress:
             if self.world < 2:
                 raise ValueError(f"compress={cfg.compress!r} needs a distributed run (slimkit train --nproc N)")
-            register = _lazy("slimkit.comm", "register", "compress=")
-            parse_compressor = _lazy("slimkit.comm", "parse_compressor", "compress=")
+            from slimkit.comm import parse_compressor, register
+
             self.comm_state = register(model, parse_compressor(cfg.compress))
             self.register_stateful("comm", self.comm_state)
         self.net = model
@@ -652,16 +654,6 @@ def _anchored(optimizer):
     import contextlib
 
     return optimizer.anchor_weights() if hasattr(optimizer, "anchor_weights") else contextlib.nullcontext()
-
-
-def _lazy(module, attr, what):
-    """``module.attr``, imported only when a run is configured to use it."""
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as err:
-        raise SlimkitError(f"{what} needs {module}.{attr}, which this slimkit install lacks ({err})") from err
 
 
 def _create_optimizer(cfg, params):
