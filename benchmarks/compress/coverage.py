@@ -53,19 +53,26 @@ def slimkit_row(name, model, example, probes, recipe):
 
 
 def _tp_heads(model):
-    """{projection module: heads} for Torch-Pruning, and a function restoring head attributes after a step."""
+    """{projection module: heads} for Torch-Pruning, and a function restoring head attributes after a step.
+    transformers 5.x spells them query/key/value + num_attention_heads/attention_head_size (BERT) or
+    q_proj/k_proj/v_proj + num_attention_heads/head_dim (ViT); the views keep the head size fixed, so after a
+    step the head count is the projection width over the head size."""
     heads, fixups = {}, []
     for m in model.modules():
-        if all(hasattr(m, a) for a in ("query", "key", "value", "num_attention_heads")):
-            for p in (m.query, m.key, m.value):
-                heads[p] = m.num_attention_heads
-            fixups.append(m)
+        projs = next((ps for ps in (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"))
+                      if all(hasattr(m, a) for a in ps)), None)
+        count = next((a for a in ("num_attention_heads", "num_heads") if hasattr(m, a)), None)
+        size = next((a for a in ("attention_head_size", "head_dim") if hasattr(m, a)), None)
+        if projs and count and size:
+            for p in projs:
+                heads[getattr(m, p)] = getattr(m, count)
+            fixups.append((m, getattr(m, projs[0]), count, size))
 
     def fix(pruner):
-        for m in fixups:
-            m.num_attention_heads = pruner.num_heads[m.query]
-            m.all_head_size = m.query.out_features
-            m.attention_head_size = m.all_head_size // m.num_attention_heads
+        for m, q, count, size in fixups:
+            setattr(m, count, q.out_features // getattr(m, size))
+            if hasattr(m, "all_head_size"):
+                m.all_head_size = q.out_features
     return heads, fix
 
 
@@ -78,26 +85,35 @@ def torch_pruning_row(name, model, example, probes, target=0.5):
         return {"status": "torch-pruning not installed"}
     from slimkit.profile.counting import count_macs
 
-    m = copy.deepcopy(model)
     key = next(iter(example))
-    base = count_macs(m, example)
-    head_linears = [mod for n, mod in m.named_modules() if n.endswith(("classifier", "lm_head"))
-                    or isinstance(mod, torch.nn.Embedding)]
-    heads, fix = _tp_heads(m)
+    base = count_macs(model, example)
+
+    def one_shot(ratio):
+        """One Torch-Pruning step at ``ratio`` (its iterative head schedule runs the 4-head tiny models down
+        to zero heads and crashes, so the MAC target is met by bisecting a one-shot ratio instead)."""
+        m = copy.deepcopy(model)
+        heads, fix = _tp_heads(m)
+        ignored = [mod for n, mod in m.named_modules() if n.endswith(("classifier", "lm_head"))
+                   or isinstance(mod, torch.nn.Embedding)]
+        pruner = tp.pruner.MetaPruner(
+            m, example, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=ratio, iterative_steps=1,
+            ignored_layers=ignored, num_heads=heads, prune_num_heads=bool(heads), prune_head_dims=False,
+            head_pruning_ratio=min(ratio, 0.5) if heads else 0.0, forward_fn=lambda mod, x: mod(**x),
+            output_transform=lambda out: out.logits if hasattr(out, "logits") else out)
+        pruner.step()
+        fix(pruner)
+        return m, count_macs(m, example)
+
     t0 = time.perf_counter()
     try:
-        pruner = tp.pruner.MetaPruner(
-            m, example, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=0.7, iterative_steps=20,
-            ignored_layers=head_linears, num_heads=heads, prune_num_heads=bool(heads), prune_head_dims=False,
-            head_pruning_ratio=0.7 if heads else 0.0, forward_fn=lambda mod, x: mod(**x),
-            output_transform=lambda out: out.logits if hasattr(out, "logits") else out)
-        macs = base
-        for _ in range(20):
-            pruner.step()
-            fix(pruner)
-            macs = count_macs(m, example)
-            if macs <= target * base:
-                break
+        lo, hi, m, macs = 0.0, 0.95, model, base
+        for _ in range(8):
+            mid = (lo + hi) / 2
+            cand, cand_macs = one_shot(mid)
+            if cand_macs <= target * base:
+                hi, m, macs = mid, cand, cand_macs
+            else:
+                lo = mid
     except Exception as err:  # noqa: BLE001 - a finding, reported
         return {"status": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}", "seconds": time.perf_counter() - t0}
     seconds = time.perf_counter() - t0
