@@ -907,6 +907,7 @@ class ChannelGraph:
                 return Val(oshape)
             return Val(oshape, [Track((1,), grid)])
         # grouped conv (not depthwise): channels stay, in and out
+        self.unsupported.setdefault(f"grouped conv (groups={groups})", self.cap.owner(node) or "<top>")
         if xt is not None:
             self._fix_grid(xt.grid)
         e = self._produce(w, out_dim, node)

@@ -25,6 +25,7 @@ Example::
     small = prune(model, torch.randn(1, 3, 32, 32), PruneConfig(macs=0.5, criterion="l1"))
 """
 import copy
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -344,6 +345,12 @@ def prune_with(model, example_inputs, config, context):
                     config.coupled, config.exclude_patterns)
     if config.macs is not None:
         removed = pruner.search_macs(config.macs, config.scope, round_to, ratios, context.progress)
+        reached = pruner.estimated_macs(removed) / pruner.macs0
+        if reached > config.macs + 0.02:  # say so: a silent miss reads as a met budget
+            fixed = [f"{op} at {mod}" for op, mod in sorted(pruner.graph.unsupported.items())][:4]
+            warnings.warn(f"prune: macs={config.macs} cannot be reached; the most the graph allows keeps "
+                          f"{reached:.2f} of the MACs (channels fixed by: {'; '.join(fixed) or 'minimum widths'})",
+                          UserWarning, stacklevel=2)
     elif config.ratio is not None or ratios:
         removed = pruner.select(config.ratio or 0.0, config.scope, round_to, ratios)
     else:

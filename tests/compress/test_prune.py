@@ -113,3 +113,24 @@ def test_prune_zoo_models(name):
     out = prune(model, x, PruneConfig(macs=0.5), CompressContext(**CTX))
     ratio = count_macs(out, x) / count_macs(model, x)
     assert 0.35 <= ratio <= 0.5 and out(x).shape == model(x).shape
+
+
+def test_unreachable_macs_target_warns_and_names_the_grouped_conv():
+    """A grouped conv keeps its channels (in and out); when that makes macs=0.7 unreachable, prune says so with
+    the MAC fraction it reached and the module, instead of returning a model that looks like a met budget."""
+    class Grouped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Conv2d(3, 16, 3, padding=1)
+            self.g = torch.nn.Conv2d(16, 16, 3, padding=1, groups=4)
+            self.b = torch.nn.Conv2d(16, 8, 1)
+            self.fc = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc(self.b(torch.relu(self.g(torch.relu(self.a(x))))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Grouped().eval()
+    with pytest.warns(UserWarning, match=r"macs=0.7 cannot be reached; .* keeps 0\.\d\d .*grouped conv \(groups=4\) at g"):
+        out = prune(model, torch.randn(2, 3, 8, 8), PruneConfig(macs=0.7), CompressContext(progress=False))
+    assert out.g.weight.shape == (16, 4, 3, 3) and out.a.weight.shape[0] == 16
