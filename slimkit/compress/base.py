@@ -42,15 +42,6 @@ PASSES = Registry("pass", plural="passes")
 _PASSES = PASSES.entries  # name -> Plugin(config class, apply function); the name older code used
 
 
-def register_pass(config_cls):
-    """Register ``fn(model, example_inputs, config, context) -> nn.Module`` for ``config_cls``."""
-    return PASSES.register(config_cls)
-
-
-def list_passes():
-    return PASSES.names()
-
-
-def get_pass(name):
-    """``(config class, apply function)`` of pass ``name``."""
-    return PASSES.get(name)
+# register_pass(ConfigClass) decorates fn(model, example_inputs, config, context) -> nn.Module;
+# get_pass(name) -> Plugin(config class, apply function), a 2-tuple
+register_pass, list_passes, get_pass = PASSES.register, PASSES.names, PASSES.get

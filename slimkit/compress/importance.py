@@ -24,17 +24,8 @@ _CRITERIA = CRITERIA.entries
 _FOLLOW = UNARY | {"batch_norm", "layer_norm", "group_norm", "instance_norm"}
 
 
-def register_importance(name):
-    """Register ``fn(graph, activations=None) -> {(weight FQN, dim): scores}`` under ``name``."""
-    return CRITERIA.register(name)
-
-
-def list_importances():
-    return CRITERIA.names()
-
-
-def get_importance(name):
-    return CRITERIA.get(name)
+# register_importance(name) decorates fn(graph, activations=None) -> {(weight FQN, dim): scores}
+register_importance, list_importances, get_importance = CRITERIA.register, CRITERIA.names, CRITERIA.get
 
 
 def _tensor(graph, fqn):

@@ -213,10 +213,9 @@ def _check_optimizer(name, options=None):
     """Unknown optimizer names and options fail here, before any data is read."""
     import torch
 
-    from slimkit.train.optim import create_optimizer, list_optimizers
+    from slimkit.train.optim import OPTIMIZERS, create_optimizer
 
-    if name not in list_optimizers():
-        raise ValueError(f"unknown optimizer {name!r}; known optimizers: {', '.join(list_optimizers())}")
+    OPTIMIZERS.get(name)  # an unknown name raises, listing the known ones
     try:  # a throw-away parameter: options are checked by the optimizer itself
         create_optimizer(name, [torch.nn.Parameter(torch.zeros(2))], **(options or {}))
     except TypeError as err:
