@@ -171,11 +171,26 @@ def models(args):
     return out
 
 
+def _same_as(args, name):
+    """The searched network trained before ``name`` with the same spec (random search can pick the
+    evolution's network: both start from the same seeded population), or None."""
+    if name != "random":
+        return None
+    specs = [_load(os.path.join(args.work, n, "best_spec.json"))["spec"] for n in ("evolution", "random")]
+    return "evolution" if specs[0] == specs[1] else None
+
+
 def train(args):
     data = subset(args)
     for name, (model, opts) in models(args).items():
         out = os.path.join(args.work, f"train_{name}")
         if os.path.exists(os.path.join(out, "model.pt")):
+            continue
+        same = _same_as(args, name)
+        if same:  # the same spec, data, seed and schedule: trained once, not twice
+            shutil.copytree(os.path.join(args.work, f"train_{same}"), out, dirs_exist_ok=True)
+            with open(os.path.join(out, "same_as.txt"), "w") as f:
+                f.write(same + "\n")
             continue
         cmd = [PY, "-m", "slimkit.cli", "train", "--model", model, "--model-opts", opts, "--data",
                f"cifar10:{data}?holdout=balanced&test_fraction=0.0909", "--epochs", str(args.epochs), "--lr", "0.05",
@@ -248,6 +263,8 @@ def report(args):
             res = _load(os.path.join(args.work, name, "results.json"))
             row.update(spec=best["spec"], lut_ms=best["latency_ms"], supernet_val_acc=best["val_accuracy_in_supernet"],
                        evaluated=len(res["history"]), rejected=res["rejected"])
+            if _same_as(args, name):
+                row["model"] = f"{name} (= {_same_as(args, name)}'s pick, trained once)"
         else:
             key = f"{model} w{float(opts.split('=')[1]):g}"
             row.update(spec=f"zoo {model} {opts}", lut_ms=None, lut_check_ms=zoo[key])
