@@ -19,47 +19,13 @@ from slimkit.compress.base import CompressContext, get_pass
 from slimkit.compress.check import CheckConfig, check_pass, probe_examples
 from slimkit.compress.recipe import parse_recipe, recipe_to_string
 from slimkit.model_io import Example, example_from_batch, select_output
+from slimkit.profile.sizes import param_count, weight_bytes  # noqa: F401 - slimkit.compress.api.weight_bytes stays
 
 
 @dataclass
 class CompressResult:
     model: torch.nn.Module
     report: CompressReport
-
-
-def weight_bytes(model):
-    """Bytes needed to store the model's weights: modules with ``storage_bytes()`` (pq) report their
-    packed size; everything else counts its parameters and buffers."""
-    from slimkit.compress.int8 import OrtModule, onnx_weight_bytes
-
-    if isinstance(model, OrtModule):
-        return onnx_weight_bytes(model.onnx_bytes)
-    total, skip = 0, set()
-    for name, mod in model.named_modules():
-        if any(name.startswith(p + ".") or name == p for p in skip):
-            continue
-        if hasattr(mod, "storage_bytes"):
-            total += mod.storage_bytes()
-            skip.add(name)
-            continue
-        for t in list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False)):
-            total += t.numel() * t.element_size()
-    return total
-
-
-def param_count(model):
-    if hasattr(model, "param_count"):
-        return model.param_count()
-    total, skip = 0, set()
-    for name, mod in model.named_modules():
-        if any(name.startswith(p + ".") or name == p for p in skip):
-            continue
-        if hasattr(mod, "param_count"):  # pq modules: one codebook entry or index per stored value
-            total += mod.param_count()
-            skip.add(name)
-            continue
-        total += sum(p.numel() for p in mod.parameters(recurse=False))
-    return total
 
 
 @torch.no_grad()
@@ -142,8 +108,6 @@ def compress(model, example_inputs, recipe, data=None, eval_data=None, *, output
         # ORT modules cannot be MAC-counted by FlopCounterMode; int8 keeps the graph's MAC count
         is_ort = isinstance(new, OrtModule)
         stats = model_stats(new, example, eval_data, macs=last_macs if is_ort else None, output=output)
-        if is_ort:  # same weights count, now stored as int8
-            stats.params = rows[-1].stats.params if rows else before.params
         last_macs = stats.macs
         rows.append(PassRow(cfg.name, recipe_to_string([cfg]), cfg.lossless, seconds, stats, summary))
         current = new

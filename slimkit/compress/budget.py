@@ -17,8 +17,9 @@ measured sensitivity (AIMET-style per-layer sweep, then a min-max-sensitivity al
    saturates near 1, it jumped straight to the most pruned level of the most expensive layer.)
 
 Targets: a value <= 1 for ``target_macs`` / ``target_bytes`` is a fraction of the original; larger
-values are absolute (MACs on the example inputs, bytes of parameters). ``target_latency_ms`` is the
-absolute median latency at batch 1 on this machine.
+values are absolute (MACs on the example inputs; weight bytes as ``slimkit.profile.sizes.weight_bytes``
+counts them for the compression report: parameters and buffers, packed storage where a module has it).
+``target_latency_ms`` is the absolute median latency at batch 1 on this machine.
 """
 import copy
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from slimkit.compress.base import CompressContext, PassConfig, register_pass
 from slimkit.compress.prune import Pruner, calibration_examples
 from slimkit.model_io import Example, select_output
 from slimkit.profile.counting import count_macs
+from slimkit.profile.sizes import weight_bytes  # the report's number: target_bytes is judged on what it prints
 
 METHODS = ("prune", "lowrank")
 
@@ -62,10 +64,6 @@ class BudgetConfig(PassConfig):
             raise ValueError(f"budget: method must be one of {METHODS}, got {self.method!r}")
         if self.steps < 2:
             raise ValueError(f"budget: steps must be >= 2, got {self.steps}")
-
-
-def weight_bytes(model):
-    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def _latency_ms(model, example):

@@ -12,6 +12,7 @@ the fused ops that were dropped are reported. The result is an ``OrtModule``: an
 ONNX Runtime session. It is NOT an eager module: it runs on CPU, has no parameters to train, and must
 be the last pass. Needs the ``deploy`` extra (onnx, onnxruntime, onnxscript).
 """
+import math
 import os
 import platform
 import tempfile
@@ -25,6 +26,7 @@ from slimkit.compress.base import PassConfig, register_pass
 from slimkit.errors import CompressionCheckError, SlimkitError
 from slimkit.model_io import Example, as_example_list
 from slimkit.onnx_runtime import LEVELS, OrtSession, export_onnx, require_ort
+from slimkit.profile.sizes import param_count
 
 
 @dataclass
@@ -70,13 +72,14 @@ class OrtModule(torch.nn.Module):
     It keeps the ONNX bytes so it can be deep-copied, pickled and saved (``slimkit.compress.save``
     writes them as a plain ``.onnx`` file)."""
 
-    def __init__(self, onnx_bytes, threads=0, kind="fp32", level="all", names=None):
+    def __init__(self, onnx_bytes, threads=0, kind="fp32", level="all", names=None, params=None):
         super().__init__()
         self.onnx_bytes = onnx_bytes
         self.threads = threads
         self.kind = kind
         self.level = level
         self.names = names
+        self.params = params  # the source model's parameter count (int8 stores the same weights)
         self._build()
 
     def _build(self):
@@ -95,6 +98,18 @@ class OrtModule(torch.nn.Module):
     def forward(self, *inputs, **kwargs):
         return self.session(*inputs, **kwargs)
 
+    def storage_bytes(self):
+        """Bytes of the graph's initializers (weights, scales, zero points): what the .onnx file stores."""
+        return onnx_weight_bytes(self.onnx_bytes)
+
+    def param_count(self):
+        """The source model's parameter count when known, else the elements of the graph's initializers."""
+        if getattr(self, "params", None) is not None:
+            return self.params
+        import onnx
+
+        return int(sum(math.prod(t.dims) for t in onnx.load_from_string(self.onnx_bytes).graph.initializer))
+
     def extra_repr(self):
         return f"kind={self.kind}, level={self.level}, onnx_bytes={len(self.onnx_bytes)}"
 
@@ -102,7 +117,8 @@ class OrtModule(torch.nn.Module):
     def from_torch(cls, model, example_inputs, threads=0, output=None, probes=()):
         """An ORT fp32 copy of ``model``: the fair baseline for int8 latency."""
         example = Example.of(example_inputs)
-        return cls(export_onnx(model, example, output, probes), threads=threads, kind="fp32", names=example.names())
+        return cls(export_onnx(model, example, output, probes), threads=threads, kind="fp32", names=example.names(),
+                   params=param_count(model))
 
 
 class _Reader:
@@ -231,7 +247,8 @@ def int8(model, example_inputs, config, context=None):
     _, level, report = choose_level(int8_bytes, fp32, calib, config, names, diagnose)
     if context is not None:
         context.extras["int8"] = report
-    return OrtModule(int8_bytes, threads=config.threads, kind="int8", level=level, names=names)
+    return OrtModule(int8_bytes, threads=config.threads, kind="int8", level=level, names=names,
+                     params=param_count(model))
 
 
 def onnx_weight_bytes(onnx_bytes):

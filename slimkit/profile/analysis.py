@@ -17,6 +17,7 @@ from slimkit.profile.counting import analyze_ops
 from slimkit.profile.latency import compare_latency, parse_threads
 from slimkit.model_io import Example
 from slimkit.profile.runtimes import get_runtime, make_runner
+from slimkit.profile.sizes import param_count, weight_bytes
 from slimkit.report.table import format_table
 
 SCHEMA_VERSION = 1
@@ -34,7 +35,8 @@ class Profile:
     """Analysis object returned by ``slimkit.profile``.
 
     ``macs``: multiply-accumulates of one forward at batch 1 (``flops`` = 2 x macs). ``params``:
-    parameter count. ``weight_bytes``: parameters + buffers at their actual dtype sizes.
+    parameter count. ``weight_bytes``: parameters + buffers at their actual dtype sizes, packed storage where a
+    module reports it (``slimkit.profile.sizes``: the number the compression report prints).
     ``peak_activation_bytes``: peak of live activation storage during that forward (inputs and
     weights excluded; see ``slimkit.profile.memory``). ``unsupported_ops``: aten ops seen in the
     forward that no formula counts and that are not known to be MAC-free, with call counts: a
@@ -254,8 +256,7 @@ def profile(model, example_inputs, *, device="cpu", batch_sizes=(1, 64), threads
         prof = Profile(
             name=name, input_shapes=[list(t.shape) for t in inputs.tensors()],
             input_dtypes=[str(t.dtype).replace("torch.", "") for t in inputs.tensors()],
-            device=str(dev), macs=ops.macs, params=sum(p.numel() for p in model.parameters()),
-            weight_bytes=sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers())),
+            device=str(dev), macs=ops.macs, params=param_count(model), weight_bytes=weight_bytes(model),
             peak_activation_bytes=ops.peak_activation_bytes, modules=_module_rows(model, ops.by_module),
             operators=ops.by_operator, op_calls=ops.op_calls, unsupported_ops=ops.unsupported_ops,
             environment=_environment(device))

@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from slimkit.errors import SlimkitError
+from slimkit.profile.sizes import weight_bytes
 
 PCIE_BYTES_PER_S = 12e9  # a PCIe 3 x16 link's practical rate; only used to choose offload vs recompute on CUDA
 
@@ -135,16 +136,18 @@ class SegmentCost:
 @dataclass
 class MemoryPlan:
     budget_bytes: int
-    weight_bytes: int
+    weight_bytes: int  # parameters + buffers as they lie in memory (slimkit.profile.sizes.weight_bytes)
     activation_bytes_before: int
     activation_bytes_after: int
     wrapped: list = field(default_factory=list)
     blocks: list = field(default_factory=list)  # the per-block cost model (BlockCost)
     predicted_peak_bytes: int = 0  # cost model's saved bytes at their highest during backward (predicted_peak)
+    grad_bytes: int = None  # gradients of the trainable parameters; None: as many as weight_bytes
 
     @property
     def fits(self):
-        return 2 * self.weight_bytes + self.activation_bytes_after <= self.budget_bytes
+        grads = self.weight_bytes if self.grad_bytes is None else self.grad_bytes
+        return self.weight_bytes + grads + self.activation_bytes_after <= self.budget_bytes
 
     @property
     def recompute_s(self):
@@ -159,8 +162,10 @@ class MemoryPlan:
                                                  default=0)
 
 
-def _weight_bytes(model):
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+def _fixed_bytes(model):
+    """(weight bytes, gradient bytes): what training holds whatever the activations."""
+    grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return weight_bytes(model, packed=False), int(grads)
 
 
 def _sequentials(model):
@@ -337,27 +342,28 @@ def apply_memory_budget(model, example_batch, budget_bytes, *, return_plan=False
     Raises ``SlimkitError`` when the weights and gradients alone exceed the budget, or when no plan fits.
     """
     budget_bytes = int(budget_bytes)
-    weights = _weight_bytes(model)
-    if 2 * weights >= budget_bytes:
+    weights, grads = _fixed_bytes(model)
+    if weights + grads >= budget_bytes:
         raise SlimkitError(f"memory budget {budget_bytes:,} B is smaller than the model's weights + gradients "
-                           f"({2 * weights:,} B)")
+                           f"({weights + grads:,} B)")
     model = copy.deepcopy(model)
     with _bn_stats_restored(model):  # the planning forwards must not move the copy's BatchNorm statistics
-        plan = _fit_plan(model, example_batch, budget_bytes, weights, max_replans, peak)
+        plan = _fit_plan(model, example_batch, budget_bytes, (weights, grads), max_replans, peak)
     return (model, plan) if return_plan else model
 
 
-def _fit_plan(model, example_batch, budget_bytes, weights, max_replans, peak):
+def _fit_plan(model, example_batch, budget_bytes, fixed, max_replans, peak):
     before = measure_activation_memory(model, example_batch)
-    plan = MemoryPlan(budget_bytes, weights, before, before)
+    plan = MemoryPlan(budget_bytes, fixed[0], before, before, grad_bytes=fixed[1])
     if plan.fits:
         return plan
     costs = plan_memory(model, example_batch)
     plan.blocks = [b for row in costs.values() for b in row]
     seqs = dict(_sequentials(model))
-    need = before - (budget_bytes - 2 * weights)
+    room = budget_bytes - sum(fixed)  # what the activations may take
+    need = before - room
     for _ in range(max_replans):
-        limit = budget_bytes - 2 * weights if peak else None
+        limit = room if peak else None
         saved, _, segments = _choose(costs, need, example_batch.is_cuda, limit, before)
         replacements = {}
         plan.wrapped = []
@@ -369,9 +375,9 @@ def _fit_plan(model, example_batch, budget_bytes, weights, max_replans, peak):
         plan.predicted_peak_bytes = predicted_peak(costs, segments, before)
         if plan.fits or saved < need:  # fits, or nothing saves more
             break
-        need += plan.activation_bytes_after - (budget_bytes - 2 * weights)  # the model was optimistic
+        need += plan.activation_bytes_after - room  # the model was optimistic
     if not plan.fits:
-        raise SlimkitError(f"cannot fit the budget {budget_bytes:,} B: weights+grads {2 * weights:,} B plus "
+        raise SlimkitError(f"cannot fit the budget {budget_bytes:,} B: weights+grads {sum(fixed):,} B plus "
                            f"{plan.activation_bytes_after:,} B of activations with the most-saving plan")
     return plan
 
@@ -406,15 +412,15 @@ def tune_batch_size(model, make_batch, budget_bytes, *, base_batch=32, base_lr=0
     """Measure activation memory and training throughput per batch size; return the largest batch whose weights
     + grads + activations fit ``budget_bytes`` and the fastest one (samples/s), with lr scaled linearly."""
     candidates = candidates or [2 ** k for k in range(0, 13)]
-    weights = _weight_bytes(model)
-    if 2 * weights >= budget_bytes:
+    fixed = sum(_fixed_bytes(model))
+    if fixed >= budget_bytes:
         raise SlimkitError(f"memory budget {budget_bytes:,} B is smaller than the model's weights + gradients "
-                           f"({2 * weights:,} B)")
+                           f"({fixed:,} B)")
     rows = []
     for b in candidates:
         batch = make_batch(b)
         act = measure_activation_memory(model, batch)
-        fits = 2 * weights + act <= budget_bytes
+        fits = fixed + act <= budget_bytes
         speed = 0.0
         if fits:
             t0 = time.perf_counter()

@@ -47,6 +47,21 @@ def test_budget_bytes_and_latency_targets():
     assert ctx.extras["budget"]["met"] and set(ctx.extras["budget"]["levels"].values()) == {0}
 
 
+@pytest.mark.parametrize("method", ["prune", "lowrank"])
+def test_budget_bytes_are_the_reports_weight_bytes(method):
+    from slimkit.compress.api import model_stats
+    from slimkit.profile import profile
+
+    model, x = _model(2), torch.randn(4, 3, 8, 8)
+    assert any(True for _ in model.buffers())  # BN statistics: counted by the report, so by the budget too
+    ctx = CompressContext(progress=False)
+    out = budget(model, x, BudgetConfig(target_bytes=0.7, method=method, steps=4), ctx)
+    info = ctx.extras["budget"]
+    assert info["target"] == pytest.approx(0.7 * model_stats(model, x).weight_bytes)
+    assert info["achieved"] == model_stats(out, x).weight_bytes
+    assert model_stats(out, x).weight_bytes == profile(out, x, batch_sizes=(), progress=False).weight_bytes
+
+
 def test_budget_config_errors():
     with pytest.raises(ValueError, match="exactly one"):
         BudgetConfig()
