@@ -1,6 +1,6 @@
 """ONNX export and ONNX Runtime sessions: the one place slimkit turns a model into a deployment graph.
 
-Used by the profiler's ``onnxruntime`` runtime and by the int8 pass. ``export_onnx`` exports the
+Used by the profiler's ``onnxruntime`` runtime and by the int8 pass (both run an ``OrtModule``). ``export_onnx`` exports the
 selected output of ``model`` on an example (tensor, tuple or keyword inputs; integer token ids stay
 integer) with a dynamic batch axis, then VERIFIES the graph against eager on every probe input given
 (the TorchScript exporter records the path the example took through Python ``if``s; a graph that
@@ -10,6 +10,7 @@ The TorchScript exporter is the default because it is fast (2 s vs ~40 s for the
 ResNet-20 here) and needs no onnxscript; ``exporter="dynamo"`` selects ``torch.onnx.export(dynamo=True)``.
 """
 import io
+import math
 import warnings
 
 import torch
@@ -154,3 +155,71 @@ class OrtSession:
             opts.log_severity_level = 3  # ORT warns that an optimised model is machine-specific: we only read it
             ort.InferenceSession(self.onnx_bytes, opts, providers=["CPUExecutionProvider"])
             return sorted({n.op_type for n in onnx.load(f"{tmp}/opt.onnx").graph.node})
+
+
+class OrtModule(torch.nn.Module):
+    """Runs an ONNX model with ONNX Runtime behind an nn.Module call: the model's own inputs (positional
+    and keyword tensors, as the example had them) in, the selected output tensor out.
+
+    It keeps the ONNX bytes so it can be deep-copied, pickled and saved (``slimkit.compress.save``
+    writes them as a plain ``.onnx`` file). The profiler's ``onnxruntime`` runtime and the int8 pass
+    both run models through it, so they share the session options (``session_options``)."""
+
+    runtime = "onnxruntime"  # the latency runtime this module already is (compress times its baseline there)
+
+    def __init__(self, onnx_bytes, threads=0, kind="fp32", level="all", names=None, params=None):
+        super().__init__()
+        self.onnx_bytes = onnx_bytes
+        self.threads = threads
+        self.kind = kind
+        self.level = level
+        self.names = names
+        self.params = params  # the source model's parameter count (int8 stores the same weights)
+        self._build()
+
+    def _build(self):
+        self.session = OrtSession(self.onnx_bytes, self.names, threads=self.threads, level=self.level)
+        self.names = self.session.names
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("session", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._build()
+
+    def forward(self, *inputs, **kwargs):
+        return self.session(*inputs, **kwargs)
+
+    def storage_bytes(self):
+        """Bytes of the graph's initializers (weights, scales, zero points): what the .onnx file stores."""
+        return onnx_weight_bytes(self.onnx_bytes)
+
+    def param_count(self):
+        """The source model's parameter count when known, else the elements of the graph's initializers."""
+        if getattr(self, "params", None) is not None:
+            return self.params
+        import onnx
+
+        return int(sum(math.prod(t.dims) for t in onnx.load_from_string(self.onnx_bytes).graph.initializer))
+
+    def extra_repr(self):
+        return f"kind={self.kind}, level={self.level}, onnx_bytes={len(self.onnx_bytes)}"
+
+    @classmethod
+    def from_torch(cls, model, example_inputs, threads=0, output=None, probes=(), params=None):
+        """An ORT fp32 copy of ``model``: the fair baseline for int8 latency."""
+        example = Example.of(example_inputs)
+        return cls(export_onnx(model, example, output, probes), threads=threads, kind="fp32", names=example.names(),
+                   params=params)
+
+
+def onnx_weight_bytes(onnx_bytes):
+    """Bytes of all initializers (weights, scales, zero points) in an ONNX model."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load_from_string(onnx_bytes)
+    return int(sum(numpy_helper.to_array(t).nbytes for t in m.graph.initializer))

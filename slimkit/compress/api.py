@@ -19,6 +19,7 @@ from slimkit.compress.base import CompressContext, get_pass
 from slimkit.compress.check import CheckConfig, check_pass, probe_examples
 from slimkit.compress.recipe import parse_recipe, recipe_to_string
 from slimkit.model_io import Example, example_from_batch, select_output
+from slimkit.profile.runtimes import make_runner
 from slimkit.profile.sizes import param_count, weight_bytes  # noqa: F401 - slimkit.compress.api.weight_bytes stays
 
 
@@ -77,7 +78,6 @@ def compress(model, example_inputs, recipe, data=None, eval_data=None, *, output
     per-pass bounds. Set ``latency_batches=()`` to skip timing. Returns ``CompressResult(model, report)``."""
     from tqdm import tqdm
 
-    from slimkit.compress.int8 import OrtModule
     from slimkit.data.batches import as_batches
 
     configs = parse_recipe(recipe)
@@ -105,9 +105,10 @@ def compress(model, example_inputs, recipe, data=None, eval_data=None, *, output
         seen_lossy = seen_lossy or not cfg.lossless
         if not seen_lossy:
             context.extras["reference"] = new
-        # ORT modules cannot be MAC-counted by FlopCounterMode; int8 keeps the graph's MAC count
-        is_ort = isinstance(new, OrtModule)
-        stats = model_stats(new, example, eval_data, macs=last_macs if is_ort else None, output=output)
+        # a deployment module (int8's ONNX Runtime session) runs the graph counted before it: FlopCounterMode
+        # cannot see inside it
+        deployed = getattr(new, "runtime", "eager") != "eager"
+        stats = model_stats(new, example, eval_data, macs=last_macs if deployed else None, output=output)
         last_macs = stats.macs
         rows.append(PassRow(cfg.name, recipe_to_string([cfg]), cfg.lossless, seconds, stats, summary))
         current = new
@@ -116,8 +117,9 @@ def compress(model, example_inputs, recipe, data=None, eval_data=None, *, output
     report.notes.append(f"checks compare the model output {output_desc!r}; inputs: {example.describe()}")
     if latency_batches:
         timed = {"before": teacher, "after": current}
-        if isinstance(current, OrtModule):
-            timed["before_ort_fp32"] = OrtModule.from_torch(teacher, example, threads=current.threads, output=output)
+        runtime = getattr(current, "runtime", "eager")  # a deployment module (int8's OrtModule) says which it is
+        if runtime != "eager":
+            timed["before_ort_fp32"] = make_runner(teacher, example, runtime, threads=current.threads, output=output)
             report.notes.append("after = ONNX Runtime int8 session (not an eager module); before_ort_fp32 = the input "
                                 "model exported to ONNX Runtime fp32, the fair runtime baseline")
         report.latency = measure_latency(timed, example, latency_batches, latency_repeats, progress)

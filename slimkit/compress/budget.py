@@ -19,7 +19,8 @@ measured sensitivity (AIMET-style per-layer sweep, then a min-max-sensitivity al
 Targets: a value <= 1 for ``target_macs`` / ``target_bytes`` is a fraction of the original; larger
 values are absolute (MACs on the example inputs; weight bytes as ``slimkit.profile.sizes.weight_bytes``
 counts them for the compression report: parameters and buffers, packed storage where a module has it).
-``target_latency_ms`` is the absolute median latency at batch 1 on this machine.
+``target_latency_ms`` is the absolute median latency at batch 1 on this machine, in ``runtime`` (a
+registered latency runtime, ``slimkit.profile.RUNTIMES``: eager by default).
 """
 import copy
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from slimkit.compress.base import CompressContext, PassConfig, register_pass
 from slimkit.compress.prune import Pruner, calibration_examples
 from slimkit.model_io import Example, select_output
 from slimkit.profile.counting import count_macs
+from slimkit.profile.runtimes import get_runtime, make_runner
 from slimkit.profile.sizes import weight_bytes  # the report's number: target_bytes is judged on what it prints
 
 METHODS = ("prune", "lowrank")
@@ -41,7 +43,8 @@ METHODS = ("prune", "lowrank")
 @dataclass
 class BudgetConfig(PassConfig):
     """Exactly one of ``target_macs``, ``target_bytes``, ``target_latency_ms``; ``method``: prune|lowrank;
-    ``criterion`` ranks channels inside a layer (prune); ``steps``: levels per layer in the sweep."""
+    ``criterion`` ranks channels inside a layer (prune); ``steps``: levels per layer in the sweep;
+    ``runtime``: the latency runtime ``target_latency_ms`` is timed in."""
 
     name = "budget"
     lossless = False
@@ -53,6 +56,7 @@ class BudgetConfig(PassConfig):
     steps: int = 8
     round_to: int = 1
     calib_batches: int = 2
+    runtime: str = "eager"
 
     def __post_init__(self):
         given = [t for t in (self.target_macs, self.target_bytes, self.target_latency_ms) if t is not None]
@@ -64,12 +68,17 @@ class BudgetConfig(PassConfig):
             raise ValueError(f"budget: method must be one of {METHODS}, got {self.method!r}")
         if self.steps < 2:
             raise ValueError(f"budget: steps must be >= 2, got {self.steps}")
+        get_runtime(self.runtime)  # an unknown name raises, listing the registered runtimes
 
 
-def _latency_ms(model, example):
+def _latency_ms(model, example, runtime="eager"):
     from slimkit.profile.latency import measure_latency
+
     one = example.resized(1)
-    return measure_latency(lambda: one(model), (), warmup=2, repeats=10).median_ms
+    first = next(iter(model.parameters()), None)
+    runner = make_runner(model, one, runtime, device=str(first.device) if first is not None else "cpu")
+    warmup = 2 + get_runtime(runtime).setup_on_first_call
+    return measure_latency(lambda: one(runner), (), warmup=warmup, repeats=10).median_ms
 
 
 class _Metric:
@@ -77,7 +86,7 @@ class _Metric:
         self.x = Example.of(example_inputs)
         if config.target_latency_ms is not None:
             self.kind, self.target = "latency_ms", config.target_latency_ms
-            self.fn = lambda m: _latency_ms(m, self.x)
+            self.fn = lambda m: _latency_ms(m, self.x, config.runtime)
         elif config.target_bytes is not None:
             self.kind, self.fn = "bytes", weight_bytes
             self.target = config.target_bytes * (weight_bytes(model) if config.target_bytes <= 1 else 1)

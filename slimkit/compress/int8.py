@@ -12,20 +12,18 @@ the fused ops that were dropped are reported. The result is an ``OrtModule``: an
 ONNX Runtime session. It is NOT an eager module: it runs on CPU, has no parameters to train, and must
 be the last pass. Needs the ``deploy`` extra (onnx, onnxruntime, onnxscript).
 """
-import math
 import os
 import platform
 import tempfile
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-import numpy as np
 import torch
 
 from slimkit.compress.base import PassConfig, register_pass
 from slimkit.errors import CompressionCheckError, SlimkitError
 from slimkit.model_io import Example, as_example_list
-from slimkit.onnx_runtime import LEVELS, OrtSession, export_onnx, require_ort
+from slimkit.onnx_runtime import LEVELS, OrtModule, OrtSession, export_onnx, onnx_weight_bytes, require_ort  # noqa: F401
 from slimkit.profile.sizes import param_count
 
 
@@ -63,62 +61,6 @@ def needs_reduce_range(cpuinfo="/proc/cpuinfo"):
     except OSError:
         return True  # unknown x86 CPU: the safe choice
     return not ({"avx512_vnni", "avx_vnni"} & set(flags))
-
-
-class OrtModule(torch.nn.Module):
-    """Runs an ONNX model with ONNX Runtime behind an nn.Module call: the model's own inputs (positional
-    and keyword tensors, as the example had them) in, the selected output tensor out.
-
-    It keeps the ONNX bytes so it can be deep-copied, pickled and saved (``slimkit.compress.save``
-    writes them as a plain ``.onnx`` file)."""
-
-    def __init__(self, onnx_bytes, threads=0, kind="fp32", level="all", names=None, params=None):
-        super().__init__()
-        self.onnx_bytes = onnx_bytes
-        self.threads = threads
-        self.kind = kind
-        self.level = level
-        self.names = names
-        self.params = params  # the source model's parameter count (int8 stores the same weights)
-        self._build()
-
-    def _build(self):
-        self.session = OrtSession(self.onnx_bytes, self.names, threads=self.threads, level=self.level)
-        self.names = self.session.names
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state.pop("session", None)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._build()
-
-    def forward(self, *inputs, **kwargs):
-        return self.session(*inputs, **kwargs)
-
-    def storage_bytes(self):
-        """Bytes of the graph's initializers (weights, scales, zero points): what the .onnx file stores."""
-        return onnx_weight_bytes(self.onnx_bytes)
-
-    def param_count(self):
-        """The source model's parameter count when known, else the elements of the graph's initializers."""
-        if getattr(self, "params", None) is not None:
-            return self.params
-        import onnx
-
-        return int(sum(math.prod(t.dims) for t in onnx.load_from_string(self.onnx_bytes).graph.initializer))
-
-    def extra_repr(self):
-        return f"kind={self.kind}, level={self.level}, onnx_bytes={len(self.onnx_bytes)}"
-
-    @classmethod
-    def from_torch(cls, model, example_inputs, threads=0, output=None, probes=()):
-        """An ORT fp32 copy of ``model``: the fair baseline for int8 latency."""
-        example = Example.of(example_inputs)
-        return cls(export_onnx(model, example, output, probes), threads=threads, kind="fp32", names=example.names(),
-                   params=param_count(model))
 
 
 class _Reader:
@@ -249,12 +191,3 @@ def int8(model, example_inputs, config, context=None):
         context.extras["int8"] = report
     return OrtModule(int8_bytes, threads=config.threads, kind="int8", level=level, names=names,
                      params=param_count(model))
-
-
-def onnx_weight_bytes(onnx_bytes):
-    """Bytes of all initializers (weights, scales, zero points) in an ONNX model."""
-    import onnx
-    from onnx import numpy_helper
-
-    m = onnx.load_from_string(onnx_bytes)
-    return int(sum(np.asarray(numpy_helper.to_array(t)).nbytes for t in m.graph.initializer))

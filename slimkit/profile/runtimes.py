@@ -12,7 +12,6 @@ from typing import Callable
 
 import torch
 
-from slimkit.model_io import Example
 from slimkit.registry import Registry
 
 
@@ -42,22 +41,6 @@ def get_runtime(name) -> Runtime:
     return RUNTIMES.get(name)
 
 
-class OrtRunner:
-    """ONNX Runtime CPU session of ``model`` (``slimkit.onnx_runtime``: exported, verified against eager);
-    call it like the model, get the selected output as a tensor."""
-
-    def __init__(self, model, example_inputs, threads=1, output=None):
-        from slimkit.onnx_runtime import OrtSession, export_onnx
-
-        example = Example.of(example_inputs)
-        self.onnx_bytes = export_onnx(model.eval(), example, output)
-        self.session = OrtSession(self.onnx_bytes, example.names(), threads=threads)
-        self.names = self.session.names
-
-    def __call__(self, *inputs, **kwargs):
-        return self.session(*inputs, **kwargs)
-
-
 @register_runtime("eager", cuda_peak=True)
 def _eager(model, example_inputs, *, threads, device, output):
     return model
@@ -70,7 +53,10 @@ def _compile(model, example_inputs, *, threads, device, output):
 
 @register_runtime("onnxruntime", devices=("cpu",), setup_on_first_call=True)
 def _onnxruntime(model, example_inputs, *, threads, device, output):
-    return OrtRunner(model, example_inputs, threads=threads, output=output)
+    # the int8 pass's module: exported and verified against eager, the same session options
+    from slimkit.onnx_runtime import OrtModule
+
+    return OrtModule.from_torch(model, example_inputs, threads=threads, output=output)
 
 
 def make_runner(model, example_inputs, runtime="eager", *, threads=1, device="cpu", output=None):

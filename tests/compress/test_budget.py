@@ -62,6 +62,27 @@ def test_budget_bytes_are_the_reports_weight_bytes(method):
     assert model_stats(out, x).weight_bytes == profile(out, x, batch_sizes=(), progress=False).weight_bytes
 
 
+def test_budget_latency_is_timed_in_the_registered_runtime(monkeypatch):
+    from slimkit.profile.runtimes import RUNTIMES, Runtime
+
+    calls = []
+
+    def build(model, example_inputs, *, threads, device, output):
+        def run(*args, **kwargs):
+            calls.append(args[0].shape[0])
+            return model(*args, **kwargs)
+        return run
+
+    monkeypatch.setitem(RUNTIMES.entries, "counted", Runtime("counted", build))
+    model, x = _model(3), torch.randn(4, 3, 8, 8)
+    ctx = CompressContext(progress=False)
+    budget(model, x, BudgetConfig(target_latency_ms=1e6, steps=2, runtime="counted"), ctx)
+    assert ctx.extras["budget"]["met"] and ctx.extras["budget"]["metric"] == "latency_ms"
+    assert len(calls) >= 10 and set(calls) == {1}  # timed at batch 1 through the runtime's runner
+    with pytest.raises(ValueError, match="known runtimes"):
+        BudgetConfig(target_latency_ms=1.0, runtime="nope")
+
+
 def test_budget_config_errors():
     with pytest.raises(ValueError, match="exactly one"):
         BudgetConfig()

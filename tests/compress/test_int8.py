@@ -119,3 +119,16 @@ def test_int8_keeps_token_ids_integer_and_takes_keyword_inputs():
     q = int8(model, {"input_ids": ids[:1]}, Int8Config(), CompressContext(data=data, progress=False))
     assert q.names == ["input_ids"] and "int64" in q.session.session.get_inputs()[0].type
     assert snr_db(model(ids), q(input_ids=ids)) > 15.0
+
+
+def test_int8_report_counts_the_source_graph_and_times_an_ort_fp32_baseline():
+    from slimkit.compress import compress
+    from slimkit.profile.sizes import weight_bytes
+
+    model, data = tiny_model(), tiny_data(n_batches=2)
+    res = compress(model, data[0][0][:1], "int8", data=data, latency_batches=(1,), latency_repeats=2, progress=False)
+    rep = res.report
+    # the ORT session cannot be MAC-counted: it runs the graph counted before it, with the same weights
+    assert rep.after.macs == rep.before.macs and rep.after.params == rep.before.params
+    assert rep.after.weight_bytes == weight_bytes(res.model) == onnx_weight_bytes(res.model.onnx_bytes)
+    assert set(rep.latency) == {"before@b1", "after@b1", "before_ort_fp32@b1"}
