@@ -74,3 +74,13 @@ def test_fold_before_prune_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         parse_recipe("prune(macs=0.5),distill,fold")
+
+
+def test_literal_word_fields_take_none_true_false_as_words():
+    """``mix=none`` means the word 'none' of distill's Literal field, not Python None (it was refused), and
+    the string form round-trips."""
+    from slimkit.compress.recipe import parse_recipe, recipe_to_string
+
+    cfg = parse_recipe("distill(mix=none,flip=off)")[0]
+    assert (cfg.mix, cfg.flip) == ("none", "off")
+    assert parse_recipe(recipe_to_string([cfg]))[0].mix == "none"
