@@ -19,6 +19,7 @@ class PassRow:
     seconds: float
     stats: ModelStats
     check: str  # what was checked after the pass, e.g. "forward ok; max |diff| 3e-07 (rtol 1e-5)"
+    target: Optional[dict] = None  # a pass aiming at a target (budget): {"metric", "target", "achieved", "met"}
 
 
 @dataclass
@@ -29,6 +30,11 @@ class CompressReport:
     passes: list = field(default_factory=list)
     latency: dict = field(default_factory=dict)  # f"{model}@b{batch}" -> interleaved timing dict
     notes: list = field(default_factory=list)
+    targets_met: Optional[bool] = None  # None: no pass aimed at a target; False: at least one missed its target
+
+    def missed_targets(self):
+        """The pass rows whose target was not met (their model is the closest the pass got)."""
+        return [r for r in self.passes if r.target is not None and not r.target["met"]]
 
     def to_dict(self):
         return asdict(self)
@@ -41,8 +47,14 @@ class CompressReport:
         def acc(s):
             return "-" if s.accuracy is None else f"{100 * s.accuracy:.2f}"
 
-        lines = [f"## slimkit compress report\n\nRecipe: `{self.recipe}`\n",
-                 "| | MACs | params | weight bytes | top-1 % |", "|---|---:|---:|---:|---:|"]
+        lines = [f"## slimkit compress report\n\nRecipe: `{self.recipe}`\n"]
+        for r in self.passes:
+            if r.target is not None:
+                t = r.target
+                verdict = "met" if t["met"] else "**MISSED**: the model is the closest the pass got"
+                lines.append(f"Target of `{r.config}`: {t['metric']} <= {t['target']:,.6g}, achieved "
+                             f"{t['achieved']:,.6g}: {verdict}\n")
+        lines += ["| | MACs | params | weight bytes | top-1 % |", "|---|---:|---:|---:|---:|"]
         for label, s in (("before", self.before), ("after", self.after)):
             lines.append(f"| {label} | {s.macs:,} | {s.params:,} | {s.weight_bytes:,} | {acc(s)} |")
         b, a = self.before, self.after

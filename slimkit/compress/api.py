@@ -9,6 +9,7 @@ naming the pass, the module and the measured number.
 """
 import copy
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +67,14 @@ def measure_latency(models, example_inputs, batches=(1, 64), repeats=20, progres
     return out
 
 
+def _target_outcome(extras):
+    """{"metric", "target", "achieved", "met"} of a pass that aimed at a target (see CompressContext.extras)."""
+    if not isinstance(extras, dict) or "met" not in extras:
+        return None
+    return {"metric": extras["metric"], "target": float(extras["target"]), "achieved": float(extras["achieved"]),
+            "met": bool(extras["met"])}
+
+
 def compress(model, example_inputs, recipe, data=None, eval_data=None, *, output=None, check=None, progress=True,
              latency_batches=(1, 64), latency_repeats=20):
     """Compress a copy of ``model`` with ``recipe`` (string, YAML-parsed list or configs).
@@ -75,7 +84,9 @@ def compress(model, example_inputs, recipe, data=None, eval_data=None, *, output
     a DataLoader, an (X, Y) pair or an iterable of batches. ``eval_data``: the same forms, for the
     accuracy columns. ``output``: which model output to compare (an index, a key/attribute name such as
     ``"logits"``, or a callable; default the first tensor). ``check``: a ``CheckConfig`` overriding the
-    per-pass bounds. Set ``latency_batches=()`` to skip timing. Returns ``CompressResult(model, report)``."""
+    per-pass bounds. Set ``latency_batches=()`` to skip timing. Returns ``CompressResult(model, report)``.
+    A pass that misses its target (budget) says so in the report (``targets_met=False``, its row's ``target``,
+    a line in the Markdown) and with a warning."""
     from tqdm import tqdm
 
     from slimkit.data.batches import as_batches
@@ -110,10 +121,16 @@ def compress(model, example_inputs, recipe, data=None, eval_data=None, *, output
         deployed = getattr(new, "runtime", "eager") != "eager"
         stats = model_stats(new, example, eval_data, macs=last_macs if deployed else None, output=output)
         last_macs = stats.macs
-        rows.append(PassRow(cfg.name, recipe_to_string([cfg]), cfg.lossless, seconds, stats, summary))
+        rows.append(PassRow(cfg.name, recipe_to_string([cfg]), cfg.lossless, seconds, stats, summary,
+                            _target_outcome(context.extras.get(cfg.name))))
         current = new
     report = CompressReport(recipe=recipe_to_string(configs), before=before, after=rows[-1].stats if rows else before,
                             passes=rows)
+    aimed = [r.target for r in rows if r.target is not None]
+    report.targets_met = all(t["met"] for t in aimed) if aimed else None
+    for r in report.missed_targets():
+        warnings.warn(f"compress: {r.config} missed its target: {r.target['metric']} {r.target['achieved']:,.6g} > "
+                      f"{r.target['target']:,.6g}; the model is the closest the pass got", stacklevel=2)
     report.notes.append(f"checks compare the model output {output_desc!r}; inputs: {example.describe()}")
     if latency_batches:
         timed = {"before": teacher, "after": current}

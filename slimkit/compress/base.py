@@ -35,6 +35,8 @@ class CompressContext:
     eval_data: Any = None
     progress: bool = True
     output: Any = None  # which model output the passes compare (see slimkit.model_io.select_output)
+    # what passes leave for later passes and the report, under the pass's name; a pass aiming at a target
+    # (budget) leaves {"metric", "target", "achieved", "met"} there and the report shows whether it was met
     extras: dict = field(default_factory=dict)
 
 

@@ -83,6 +83,25 @@ def test_budget_latency_is_timed_in_the_registered_runtime(monkeypatch):
         BudgetConfig(target_latency_ms=1.0, runtime="nope")
 
 
+def test_missed_budget_target_reaches_the_report():
+    import json
+
+    from slimkit.compress import compress
+
+    model, x = _model(4), torch.randn(4, 3, 8, 8)
+    with pytest.warns(UserWarning, match="missed its target"):
+        missed = compress(model, x, "budget(target_macs=0.01,steps=2)", progress=False, latency_batches=()).report
+    data = json.loads(json.dumps(missed.to_dict()))  # what report.json holds
+    assert data["targets_met"] is False
+    target = data["passes"][0]["target"]
+    assert target["met"] is False and target["metric"] == "macs" and target["achieved"] > target["target"]
+    assert target["achieved"] == missed.after.macs
+    assert "**MISSED**" in missed.to_markdown() and missed.missed_targets() == [missed.passes[0]]
+    met = compress(model, x, "budget(target_macs=0.9,steps=2)", progress=False, latency_batches=()).report
+    assert met.targets_met is True and met.passes[0].target["met"] and "MISSED" not in met.to_markdown()
+    assert compress(model, x, "fold", progress=False, latency_batches=()).report.targets_met is None
+
+
 def test_budget_config_errors():
     with pytest.raises(ValueError, match="exactly one"):
         BudgetConfig()
