@@ -1,5 +1,8 @@
 """``compress(model, example_inputs, recipe, data=None, eval_data=None)``: run a recipe safely.
 
+This file runs the recipe; ``check.py`` holds the checks after each pass, ``measure.py`` the counts,
+accuracy and latency the report shows, ``_report.py`` the report.
+
 The input model is deep-copied and never modified. Example inputs may be a tensor, a tuple or a dict of
 keyword arguments; outputs a tensor, a tuple, a dict or a ``ModelOutput``: ``output=`` selects the one
 compared (default: the first tensor with a batch dimension, e.g. ``.logits``). After EVERY pass the new
@@ -14,57 +17,20 @@ from dataclasses import dataclass
 
 import torch
 
-from slimkit.compress._latency import interleaved_latency
-from slimkit.compress._report import CompressReport, ModelStats, PassRow
+from slimkit.compress._report import CompressReport, PassRow
 from slimkit.compress.base import CompressContext, get_pass
 from slimkit.compress.check import CheckConfig, check_pass, probe_examples
+# measurements live in measure.py; the old names stay importable from here
+from slimkit.compress.measure import accuracy, measure_latency, model_stats, param_count, weight_bytes  # noqa: F401
 from slimkit.compress.recipe import parse_recipe, recipe_to_string
-from slimkit.model_io import Example, example_from_batch, select_output
+from slimkit.model_io import Example, select_output
 from slimkit.profile.runtimes import make_runner
-from slimkit.profile.sizes import param_count, weight_bytes  # noqa: F401 - slimkit.compress.api.weight_bytes stays
 
 
 @dataclass
 class CompressResult:
     model: torch.nn.Module
     report: CompressReport
-
-
-@torch.no_grad()
-def accuracy(model, eval_data, like=None, output=None):
-    """Top-1 accuracy of ``model`` over an iterable of (inputs, labels) batches (argmax of the last dim)."""
-    if hasattr(model, "eval"):
-        model.eval()
-    correct = total = 0
-    for batch in eval_data:
-        y = batch["labels"] if isinstance(batch, dict) else batch[1]
-        logits = select_output(example_from_batch(batch, like)(model), output)[0]
-        correct += (logits.argmax(-1) == y).sum().item()
-        total += y.numel()
-    return correct / max(total, 1)
-
-
-def model_stats(model, example_inputs, eval_data=None, macs=None, output=None):
-    from slimkit.profile.counting import count_macs
-
-    example = Example.of(example_inputs)
-    if macs is None:
-        with torch.no_grad():
-            macs = int(count_macs(model.eval(), example))
-    acc = accuracy(model, eval_data, example, output) if eval_data is not None else None
-    return ModelStats(macs=int(macs), params=int(param_count(model)), weight_bytes=int(weight_bytes(model)), accuracy=acc)
-
-
-def measure_latency(models, example_inputs, batches=(1, 64), repeats=20, progress=False):
-    """Interleaved latency of each model at each batch size; keys ``f"{name}@b{batch}"``."""
-    out = {}
-    example = Example.of(example_inputs)
-    for b in batches:
-        ex = example.resized(b)
-        calls = {name: (lambda m=m, ex=ex: ex(m)) for name, m in models.items()}
-        timing = interleaved_latency(calls, (), repeats=repeats, progress=progress)
-        out.update({f"{name}@b{b}": t for name, t in timing.items()})
-    return out
 
 
 def _target_outcome(extras):

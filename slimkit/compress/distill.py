@@ -87,20 +87,14 @@ def few_shot(data, k, seed):
     """At most k (x, y) pairs per class (all when k is None) -> (X, Y) tensors; unlabelled data (Y None)
     keeps its first images."""
     from slimkit.data.batches import as_tensors
+    from slimkit.data.sampling import few_shot_indices
 
     X, Y = data if isinstance(data, tuple) and len(data) == 2 and torch.is_tensor(data[0]) else as_tensors(data)
     if len(X) == 0:
         raise SlimkitError("distill: data is empty; it needs K labelled images per class")
     if k is None or Y is None:
         return X, Y
-    order = torch.randperm(len(Y), generator=torch.Generator().manual_seed(seed))
-    keep, seen = [], {}
-    for i in order.tolist():
-        c = int(Y[i])
-        if seen.get(c, 0) < k:
-            seen[c] = seen.get(c, 0) + 1
-            keep.append(i)
-    keep = torch.tensor(sorted(keep))
+    keep = few_shot_indices(Y.reshape(-1), k, seed, at_most=True)
     return X[keep], Y[keep]
 
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from slimkit.compress.base import PassConfig, register_pass
 from slimkit.errors import SlimkitError
+from slimkit.model_io import Example
 
 
 @dataclass
@@ -291,7 +292,7 @@ def _execution_order(model, example_inputs):
     hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: order.append(n)) for n, m in model.named_modules()
              if type(m) in (torch.nn.Conv2d, torch.nn.Linear)]
     with torch.no_grad():
-        model(*(example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)))
+        Example.of(example_inputs)(model)
     for h in hooks:
         h.remove()
     return list(dict.fromkeys(order))

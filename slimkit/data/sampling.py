@@ -18,10 +18,12 @@ def dataset_labels(dataset: Dataset) -> torch.Tensor:
     return torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))])
 
 
-def few_shot_indices(labels, k: int, seed: int, classes: Optional[Sequence[int]] = None) -> torch.Tensor:
+def few_shot_indices(labels, k: int, seed: int, classes: Optional[Sequence[int]] = None, *,
+                     at_most: bool = False) -> torch.Tensor:
     """Exactly ``k`` indices per class, drawn without replacement with ``numpy.random.default_rng(seed)``.
 
-    ``classes`` defaults to the labels present; a class with fewer than ``k`` samples raises ValueError.
+    ``classes`` defaults to the labels present; a class with fewer than ``k`` samples raises ValueError,
+    or keeps all its samples with ``at_most=True`` (distill's few-shot images: the same seed, the same picks).
     Returns int64 indices sorted ascending (class balance: k * number of classes in total).
     """
     labels = np.asarray(torch.as_tensor(labels).cpu())
@@ -34,9 +36,9 @@ def few_shot_indices(labels, k: int, seed: int, classes: Optional[Sequence[int]]
     picked = []
     for c in classes:
         members = np.flatnonzero(labels == c)
-        if len(members) < k:
+        if len(members) < k and not at_most:
             raise ValueError(f"class {int(c)} has {len(members)} samples, fewer than k={k}")
-        picked.append(rng.choice(members, size=int(k), replace=False))
+        picked.append(rng.choice(members, size=min(int(k), len(members)), replace=False))
     return torch.from_numpy(np.sort(np.concatenate(picked)).astype(np.int64))
 
 

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from slimkit.model_io import Example
+
 
 def all_threads() -> int:
     """CPU cores this process may use (what ``threads="all"`` means)."""
@@ -95,10 +97,6 @@ class LatencyStats:
                    loadavg=tuple(os.getloadavg()), batch_size=batch_size)
 
 
-def _as_tuple(inputs):
-    return inputs if isinstance(inputs, tuple) else (inputs,)
-
-
 class _Timer:
     """Wall clock on CPU; CUDA events (with synchronisation) on a GPU."""
 
@@ -109,12 +107,12 @@ class _Timer:
         if self.cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            fn(*inputs)
+            inputs(fn)
             end.record()
             torch.cuda.synchronize()
             return start.elapsed_time(end)
         t0 = time.perf_counter()
-        fn(*inputs)
+        inputs(fn)
         return (time.perf_counter() - t0) * 1e3
 
 
@@ -134,7 +132,8 @@ def _check_counts(warmup, repeats):
 @torch.no_grad()
 def measure_latency(fn, inputs=(), *, warmup=3, repeats=20, device="cpu", threads=None, batch_size=None,
                     progress=False) -> LatencyStats:
-    """Time ``fn(*inputs)``: ``warmup`` untimed calls, then ``repeats`` timed ones.
+    """Time ``fn(*inputs)``: ``warmup`` untimed calls, then ``repeats`` timed ones. ``inputs``: a tuple of
+    arguments, one tensor, a dict of keyword arguments or a ``slimkit.model_io.Example``.
 
     ``threads``: torch intra-op threads for the run (int or "all"; None keeps the current setting).
     ``batch_size`` only feeds ``LatencyStats.throughput``. On CUDA, CUDA events time each call.
@@ -154,7 +153,7 @@ def compare_latency(models, inputs=(), *, warmup=3, repeats=20, device="cpu", th
     if not isinstance(models, dict) or not models:
         raise ValueError("compare_latency expects a non-empty dict {name: callable}")
     _check_counts(warmup, repeats)
-    inputs = _as_tuple(inputs)
+    inputs = Example.of(inputs)
     if device == "cuda" or str(device).startswith("cuda"):
         torch.cuda.synchronize()
     timer, names = _Timer(device), list(models)

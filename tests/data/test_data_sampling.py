@@ -36,6 +36,22 @@ def test_few_shot_indices_errors():
         few_shot_indices(LABELS.view(5, 5), 1, seed=0)
 
 
+def test_few_shot_indices_at_most_keeps_small_classes_whole():
+    idx = few_shot_indices(LABELS, 5, seed=0, at_most=True)
+    assert torch.bincount(LABELS[idx]).tolist() == [5, 5, 5, 4]  # class 3 has only 4
+    # the same seed picks the same samples as the strict form wherever the class is large enough
+    assert torch.equal(few_shot_indices(LABELS, 3, seed=2, at_most=True), few_shot_indices(LABELS, 3, seed=2))
+
+
+def test_distill_few_shot_is_the_data_picker():
+    from slimkit.compress.distill import few_shot
+
+    X = torch.arange(len(LABELS)).float()[:, None]
+    got_x, got_y = few_shot((X, LABELS), 3, seed=7)
+    idx = few_shot_indices(LABELS, 3, seed=7)
+    assert torch.equal(got_y, LABELS[idx]) and torch.equal(got_x[:, 0].long(), idx)
+
+
 def test_few_shot_subset_and_sampler_on_digits():
     s = load_dataset("digits")
     sub = few_shot_subset(s.train, 5, seed=0)
