@@ -141,7 +141,8 @@ def _write_outputs(args, result, lut):
     points = [{"label": "best" if r is best else "", "accuracy": r["accuracy"], "macs": r["macs"],
                "latency_ms": r.get("latency_ms")} for r in rows]
     pareto_plot(points, os.path.join(args.out, "pareto.png"),
-                title=f"slimkit search: {args.space}, {result.config.strategy}, budget {args.budget or 'none'}")
+                title=f"slimkit search: {args.space}, {result.config.strategy}, budget {args.budget or 'none'}"
+                      + ("; latency = look-up-table estimate" if lut is not None else ""))
     from slimkit.nas.space import parse_spec
 
     arch = parse_spec(best["spec"])
