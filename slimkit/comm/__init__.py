@@ -2,7 +2,7 @@
 
 ``create_compressor("ecq", bits=2)``, ``list_compressors()``, ``parse_compressor("ecq(bits=2)")``,
 ``register(ddp_model, compressor) -> CommState`` (a DDP communication hook). LPC-SVRG / ALPC-SVRG
-for convex composite problems live in ``slimkit.comm.lpc_svrg``. Importing this package does not
+for convex composite problems moved to ``slimkit.train.lpc_svrg``. Importing this package does not
 initialise torch.distributed.
 """
 from slimkit.comm._registry import create_compressor, list_compressors, parse_compressor, register_compressor

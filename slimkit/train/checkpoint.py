@@ -19,14 +19,15 @@ FORMAT = "slimkit.train/1"
 _REQUIRED = ("format", "model", "optimizer", "epoch", "step", "rng")
 
 
-def save_checkpoint(path, state: dict) -> str:
+def save_checkpoint(path, state: dict, *, tagged: bool = True) -> str:
     """Write ``state`` to ``path`` atomically: temp file in the same directory, fsync, ``os.replace``.
 
-    A crash at any point leaves either the old file or the new one, never a torn file.
+    A crash at any point leaves either the old file or the new one, never a torn file. ``tagged=False``
+    writes ``state`` as it is (no ``format`` key): a bare state_dict such as a run's ``model.pt``.
     """
     path = os.fspath(path)
     with atomic_write(path, "wb") as f:  # also fsyncs the folder, so the rename survives a power cut
-        torch.save({"format": FORMAT, **state}, f)
+        torch.save({"format": FORMAT, **state} if tagged else state, f)
     return path
 
 

@@ -1,5 +1,8 @@
 """The training loop: ``fit(model, train_data, eval_data, config) -> TrainResult``.
 
+The settings live in ``config.py`` (``TrainConfig``), the losses in ``losses.py``, the metrics files in
+``metrics.py`` and the checkpoint format in ``checkpoint.py``; this file runs the loop.
+
 One loop serves single-process and torchrun (DDP) runs. Optional parts are imported only when
 configured: the optimizer registry (``slimkit.train.optim``), samplers (``slimkit.train.sampling``),
 the memory planner (``slimkit.train.memory``) and gradient compression (``slimkit.comm``).
@@ -11,147 +14,29 @@ atomically (temp + fsync + rename); a resumed run must match the checkpoint's se
 or gradient stops the run (``on_nonfinite="raise"``) or skips that step (``"skip"``, counted per epoch in
 ``nonfinite_steps``), and a checkpoint never holds non-finite weights.
 """
-import csv
+import contextlib
 import dataclasses
-import io
-import json
-import math
 import os
 import random
-import re
 import time
-from dataclasses import dataclass, field
-from typing import Optional, Union
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 from tqdm import tqdm  # not tqdm.auto: its asyncio wrapper calls iter() on the DataLoader an extra time
 
 from slimkit import _io
 from slimkit.errors import CheckpointError, TrainingError
 from slimkit.train import checkpoint as ckpt
+# the config, the losses and the metrics log have their own files; these names stay importable from here
+from slimkit.train.config import (LOG_FORMATS, NONFINITE_POLICIES, RESUME_MUST_MATCH, SCHEDULES,  # noqa: F401
+                                  TrainConfig, check_device, config_from_dict, config_to_dict, parse_size)
+from slimkit.train.losses import LOSSES, correct_count, per_sample_loss  # noqa: F401
+from slimkit.train.metrics import COMM_COUNTERS, MetricsLog, summary_line
 
-LOSSES = ("ce", "mse", "huber")
-SCHEDULES = ("none", "cosine", "step")
-LOG_FORMATS = ("csv", "jsonl")
-NONFINITE_POLICIES = ("raise", "skip")
 OUTPUT_FILES = ("config.yaml", "metrics.csv", "metrics.jsonl", "checkpoint.pt", "model.pt")
-# Settings a resumed run must share with its checkpoint; the others (epochs, eval/checkpoint cadence,
-# device, workers, progress, on_nonfinite) may change between the two.
-RESUME_MUST_MATCH = ("batch_size", "lr", "optimizer", "optimizer_options", "loss", "huber_delta", "lr_schedule",
-                     "lr_step_size", "lr_gamma", "grad_clip", "seed", "sampler", "sampler_options", "memory_budget",
-                     "compress", "tbptt")
-_COMM_COUNTERS = ("bytes_sent", "compress_s", "comm_s", "hook_calls")
-
-
-@dataclass
-class TrainConfig:
-    """Everything that decides a training run. Round-trips through ``config_to_dict``/``config_from_dict``."""
-
-    epochs: int = 10
-    batch_size: int = 64
-    lr: Optional[float] = None  # None: the optimizer's own default (sgd 0.01, adam 1e-3); resolved and saved
-    optimizer: str = "sgd"
-    optimizer_options: dict = field(default_factory=dict)  # extra kwargs for create_optimizer
-    loss: str = "ce"  # "ce" | "mse" | "huber" (torch.nn.HuberLoss); mse/huber one-hot class targets
-    huber_delta: float = 1.0
-    lr_schedule: str = "none"  # "none" | "cosine" (over `epochs`) | "step" (x lr_gamma every lr_step_size)
-    lr_step_size: int = 30
-    lr_gamma: float = 0.1
-    grad_clip: Optional[float] = None  # max global L2 norm of the gradients
-    tbptt: Optional[int] = None  # truncated BPTT: chunk length in time steps (dim 1); needs model.forward_chunk
-    seed: int = 0
-    device: str = "auto"  # "auto" = CUDA when available, else CPU
-    out_dir: Optional[str] = None  # None: no files, no checkpoints
-    overwrite: bool = False  # allow a non-empty out_dir (its earlier outputs are removed first)
-    on_nonfinite: str = "raise"  # NaN/Inf loss or gradients: "raise" stops the run, "skip" drops that step
-    checkpoint_every: int = 1  # epochs; the last epoch is always checkpointed when out_dir is set
-    eval_every: int = 1  # epochs; the last epoch is always evaluated
-    log_format: str = "csv,jsonl"  # metrics files written to out_dir
-    sampler: Optional[str] = None  # name in slimkit.train.sampling; None = uniform shuffle
-    sampler_options: dict = field(default_factory=dict)
-    memory_budget: Optional[Union[str, int]] = None  # e.g. "2GB", "512MiB" or bytes
-    compress: Optional[str] = None  # gradient compressor spec for DDP runs, e.g. "ecq(bits=2)"
-    progress: bool = True
-    resume: Union[bool, str] = False  # True: out_dir/checkpoint.pt; a str: that checkpoint
-    num_workers: int = 0
-    meta: dict = field(default_factory=dict)  # provenance saved with the config (model, data, ...)
-    version: int = 1
-
-    def __post_init__(self):
-        _check_choice("loss", self.loss, LOSSES)
-        _check_choice("lr_schedule", self.lr_schedule, SCHEDULES)
-        for fmt in self.log_formats:
-            _check_choice("log_format", fmt, LOG_FORMATS)
-        for name in ("epochs", "batch_size", "checkpoint_every", "eval_every", "lr_step_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.lr is not None and not self.lr > 0:  # `not >` also catches NaN
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        _check_choice("on_nonfinite", self.on_nonfinite, NONFINITE_POLICIES)
-        check_device(self.device)
-        if not isinstance(self.optimizer_options, dict) or not isinstance(self.sampler_options, dict):
-            raise ValueError("optimizer_options and sampler_options must be mappings of option names to values")
-        if self.tbptt is not None and int(self.tbptt) < 1:
-            raise ValueError(f"tbptt (chunk length in time steps) must be a positive integer or None, got {self.tbptt!r}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
-        if self.memory_budget is not None:
-            parse_size(self.memory_budget)  # fail early on a malformed size
-
-    @property
-    def log_formats(self):
-        return [f.strip() for f in str(self.log_format).split(",") if f.strip()]
-
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; expected one of: {', '.join(choices)}")
-
-
-def check_device(device):
-    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; a GPU that is not there is an error, not a traceback."""
-    m = re.fullmatch(r"(auto|cpu|mps|cuda)(?::(\d+))?", str(device))
-    if not m or (m.group(2) is not None and m.group(1) != "cuda"):
-        raise ValueError(f"unknown device {device!r}; expected auto, cpu, cuda, cuda:N or mps")
-    if m.group(1) == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r}: CUDA is not available here (torch.cuda.is_available() is False); "
-                             "use --device cpu or auto")
-        if m.group(2) is not None and int(m.group(2)) >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
-    if m.group(1) == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise ValueError(f"device {device!r}: MPS is not available here; use --device cpu or auto")
-
-
-def config_to_dict(config: TrainConfig) -> dict:
-    return dataclasses.asdict(config)
-
-
-def config_from_dict(data: dict) -> TrainConfig:
-    """Build a TrainConfig from a dict; unknown keys raise ValueError naming the known ones."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown train config key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
-    return TrainConfig(**data)
-
-
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_size(size) -> int:
-    """Bytes in ``size``: an int, or a string like "2GB" (10^9), "512MiB" (2^20), "1.5 GiB"."""
-    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
-        return size
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(size))
-    if not m or m.group(2).lower() not in _UNITS or float(m.group(1)) <= 0:
-        raise ValueError(f"bad memory size {size!r}; expected a positive number with an optional unit "
-                         f"(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. '2GB' or '512MiB'")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
 @dataclass
@@ -193,30 +78,11 @@ def evaluate(model, data, *, loss="ce", batch_size=256, device="cpu", huber_delt
             x, y = x.to(device), y.to(device)
             out = model(x)
             loss_sum += float(per_sample_loss(loss, out, y, huber_delta).sum())
-            c = _correct(out, y)
+            c = correct_count(out, y)
             has_acc = has_acc and c is not None
             correct += c or 0
             total += len(y)
     return {"loss": loss_sum / max(total, 1), "accuracy": correct / total if has_acc and total else None}
-
-
-def per_sample_loss(kind, logits, targets, huber_delta=1.0):
-    """Loss per sample (reduction='none', then mean over non-batch dims)."""
-    if kind == "ce":
-        if logits.dim() == 3 and targets.dim() == 2:  # per-step outputs [N, T, C], targets [N, T]
-            return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").mean(1)
-        return F.cross_entropy(logits, targets, reduction="none")
-    if not torch.is_floating_point(targets) and logits.dim() == 2:
-        targets = F.one_hot(targets.long(), logits.shape[1]).to(logits.dtype)  # class ids -> regression target
-    fn = torch.nn.MSELoss(reduction="none") if kind == "mse" else torch.nn.HuberLoss(reduction="none", delta=huber_delta)
-    out = fn(logits, targets.to(logits.dtype))
-    return out.flatten(1).mean(1) if out.dim() > 1 else out
-
-
-def _correct(logits, targets):
-    if torch.is_floating_point(targets) or logits.dim() != 2 or targets.dim() != 1:
-        return None
-    return int((logits.argmax(1) == targets).sum())
 
 
 class _Indexed(Dataset):
@@ -465,7 +331,7 @@ class Trainer:
                 self._resume()
             elif cfg.out_dir and cfg.overwrite and self.is_main:
                 _io.remove_outputs(cfg.out_dir, OUTPUT_FILES)  # no stale file of the earlier run stays
-            log = _MetricsLog(cfg, compress=self.comm_state is not None) if (cfg.out_dir and self.is_main) else None
+            log = MetricsLog(cfg, compress=self.comm_state is not None) if (cfg.out_dir and self.is_main) else None
             if log:
                 _write_yaml(os.path.join(cfg.out_dir, "config.yaml"),
                             {**config_to_dict(cfg), "device": str(self.device),
@@ -487,12 +353,13 @@ class Trainer:
                 if cfg.out_dir and (last or self.epoch % cfg.checkpoint_every == 0):
                     self._save()
                 if cfg.progress and self.is_main:
-                    tqdm.write(_summary(row))
+                    tqdm.write(summary_line(row))
                 self._barrier()
             if cfg.out_dir and self.is_main:
                 self._check_finite_weights("saving model.pt")
                 with _anchored(self.optimizer):
-                    _save_weights(self.core, os.path.join(cfg.out_dir, "model.pt"))
+                    # a bare state_dict that create_model(checkpoint=) loads, written like every checkpoint
+                    ckpt.save_checkpoint(os.path.join(cfg.out_dir, "model.pt"), self.core.state_dict(), tagged=False)
             return TrainResult(self.core, self.history, cfg, cfg.out_dir, self.checkpoint_path)
         finally:
             if self._owns_group:
@@ -512,7 +379,7 @@ class Trainer:
         net.train()
         t0, n, loss_sum, correct, has_acc = time.perf_counter(), 0, 0.0, 0, True
         lr = self.optimizer.param_groups[0]["lr"]  # the lr this epoch ran with (the scheduler steps at its end)
-        comm = {k: 0 for k in _COMM_COUNTERS} if self.comm_state is not None else None
+        comm = {k: 0 for k in COMM_COUNTERS} if self.comm_state is not None else None
         skipped = 0
         bar = tqdm(self.loader, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not (cfg.progress and self.is_main))
@@ -524,13 +391,13 @@ class Trainer:
                     self.comm_state.observe_loss(float(loss))  # adaptive compressors (MQGrad) learn from it
                 for k, v in (self.comm_state.pop_stats() or {}).items():
                     # counters add up over the epoch; a setting such as the current bit width is last-value
-                    comm[k] = comm.get(k, 0) + v if k in _COMM_COUNTERS else v
+                    comm[k] = comm.get(k, 0) + v if k in COMM_COUNTERS else v
             if self._skipped:  # a NaN/Inf step under on_nonfinite="skip": not applied, not averaged
                 skipped += 1
                 continue
             n += len(y)
             loss_sum += float(loss) * len(y)
-            c = _correct(out, y)
+            c = correct_count(out, y)
             has_acc = has_acc and c is not None
             correct += c or 0
             bar.set_postfix(loss=f"{loss_sum / n:.4f}", acc=f"{correct / n:.3f}" if has_acc else "-", refresh=False)
@@ -651,8 +518,6 @@ def _detach_state(state):
 
 def _anchored(optimizer):
     """``optimizer.anchor_weights()`` where it has one (Frank-Wolfe), else a no-op context."""
-    import contextlib
-
     return optimizer.anchor_weights() if hasattr(optimizer, "anchor_weights") else contextlib.nullcontext()
 
 
@@ -667,64 +532,7 @@ def _create_optimizer(cfg, params):
                          f"{err}") from None
 
 
-class _MetricsLog:
-    """metrics.csv and metrics.jsonl in out_dir, rewritten from the history on (re)start."""
-
-    COLUMNS = ["epoch", "step", "lr", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy",
-               "epoch_time_s", "samples_per_s", "nonfinite_steps"]
-
-    def __init__(self, cfg, compress=False):
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        self.formats = cfg.log_formats
-        self.columns = self.COLUMNS + (list(_COMM_COUNTERS) + ["bits"] if compress else [])
-        self.paths = {f: os.path.join(cfg.out_dir, "metrics." + f) for f in self.formats}
-        self.rows = []
-
-    def reset(self, history):
-        # Rows after the resumed checkpoint are dropped: those epochs run again.
-        self.rows = list(history)
-        self._write()
-
-    def append(self, row):
-        self.rows.append(row)
-        self._write()
-
-    def _write(self):
-        # Whole small files rewritten atomically each epoch: a crash never leaves a torn row.
-        if "csv" in self.paths:
-            buf = io.StringIO()
-            writer = csv.DictWriter(buf, self.columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in self.rows)
-            _io.write_text(self.paths["csv"], buf.getvalue())
-        if "jsonl" in self.paths:
-            _io.write_text(self.paths["jsonl"], "".join(
-                json.dumps({k: _json_safe(v) for k, v in row.items()}) + "\n" for row in self.rows))
-
-
-def _json_safe(v):
-    return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
-def _summary(row):
-    parts = [f"epoch {row['epoch']}", f"train_loss {row['train_loss']:.4f}"]
-    if row.get("train_accuracy") is not None:
-        parts.append(f"train_acc {row['train_accuracy']:.4f}")
-    if row.get("eval_loss") is not None:
-        parts.append(f"eval_loss {row['eval_loss']:.4f}")
-    if row.get("eval_accuracy") is not None:
-        parts.append(f"eval_acc {row['eval_accuracy']:.4f}")
-    parts.append(f"{row['samples_per_s']:.0f} samples/s")
-    return " | ".join(parts)
-
-
 def _write_yaml(path, data):
     import yaml
 
     _io.write_text(path, yaml.safe_dump(data, sort_keys=False))
-
-
-def _save_weights(model, path):
-    # Same atomic write as checkpoints, but a bare state_dict that create_model(checkpoint=) can load.
-    with _io.atomic_write(path, "wb") as f:
-        torch.save(model.state_dict(), f)

@@ -3,7 +3,7 @@ the full-precision one with fewer bits, and the bit count is exact."""
 import pytest
 import torch
 
-from slimkit.comm.lpc_svrg import SVRGConfig, digits_binary, logistic_l1_objective, lpc_svrg
+from slimkit.train.lpc_svrg import SVRGConfig, digits_binary, logistic_l1_objective, lpc_svrg
 
 
 @pytest.fixture(scope="module")
@@ -41,3 +41,13 @@ def test_bad_input(data):
         lpc_svrg(A, (y > 0).double(), SVRGConfig(epochs=1))
     with pytest.raises(ValueError, match="expected A"):
         lpc_svrg(A[0], y, SVRGConfig(epochs=1))
+
+
+def test_old_comm_path_is_a_warning_shim(monkeypatch):
+    import importlib
+    import sys
+
+    monkeypatch.delitem(sys.modules, "slimkit.comm.lpc_svrg", raising=False)
+    with pytest.warns(FutureWarning, match="moved to slimkit.train.lpc_svrg"):
+        old = importlib.import_module("slimkit.comm.lpc_svrg")
+    assert old.lpc_svrg is lpc_svrg and old.SVRGConfig is SVRGConfig
