@@ -189,3 +189,78 @@ def rice_decode(k: int, low_codes: torch.Tensor, unary: torch.Tensor, n_unary: i
     ends = zeros.nonzero().reshape(-1)
     q = torch.diff(ends, prepend=ends.new_full((1,), -1)) - 1
     return (q << k) + low_codes
+
+
+# -- chunk kernels: one uint8 code per byte <-> packed bytes ------------------------------------------
+# A lane of 2, 4 or 8 code bytes is read as one int16/int32/int64; log2(codes per lane) shift-or-mask
+# steps gather the fields into the lane's low bytes (bits 4: one step on int16, bits 2: two on int32,
+# the others three on int64). No (n, per) temporaries and no per-code Python work; callers run them on
+# cache-sized chunks of a multiple of 8 codes.
+_PLANS: dict = {}
+
+
+def _plan(bits: int):
+    """(lane dtype, [(span, field bits, mask of the low field of every 2*span-bit group)])."""
+    if bits not in _PLANS:
+        lane = {4: torch.int16, 2: torch.int32}.get(bits, torch.int64)
+        width, span, steps = 8 * lane.itemsize, 8, []
+        while span < width:
+            f = bits * span // 8
+            steps.append((span, f, sum(((1 << f) - 1) << (2 * span * i) for i in range(width // (2 * span)))))
+            span *= 2
+        _PLANS[bits] = lane, steps
+    return _PLANS[bits]
+
+
+def _lanes(work, n, dtype):
+    return torch.empty(n, dtype=dtype) if work is None else work[:n * dtype.itemsize].view(dtype)
+
+
+def pack_codes_(codes: torch.Tensor, bits: int, out: torch.Tensor, work: torch.Tensor | None = None) -> torch.Tensor:
+    """Pack ``codes`` (uint8, a multiple of 8 of them, each < 2**bits, bits <= 8; overwritten) into
+    ``out`` (uint8, len(codes) * bits // 8 bytes) in the layout of ``pack_bits``. ``work``: optional
+    uint8 scratch of len(codes) bytes (reused buffers spare the allocator's page faults)."""
+    if bits == 8:
+        return out.copy_(codes)
+    lane, steps = _plan(bits)
+    w = codes.view(lane)
+    t = _lanes(work, w.numel(), lane)
+    for i, (span, f, low) in enumerate(steps):
+        torch.bitwise_right_shift(w, span - f, out=t)
+        if bits <= 4:  # a field never meets its own shifted copy: or, then mask (not needed at the end)
+            t.bitwise_or_(w)
+            if i < len(steps) - 1:
+                t.bitwise_and_(low | low << f)
+        else:
+            t.bitwise_and_(low << f).bitwise_or_(w.bitwise_and_(low))
+        w, t = t, w
+    if bits in (1, 2, 4):  # one output byte per lane: a narrowing copy keeps the low byte
+        return out.copy_(w)
+    out.view(-1, bits).copy_(w.view(torch.uint8).view(-1, 8)[:, :bits])
+    return out
+
+
+def unpack_codes_(packed: torch.Tensor, bits: int, out: torch.Tensor, work: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse of ``pack_codes_``: ``out`` (uint8, a multiple of 8 codes) from ``len(out) * bits // 8``
+    bytes of ``packed``. ``work``: optional uint8 scratch of 2 * len(out) bytes."""
+    if bits == 8:
+        return out.copy_(packed)
+    lane, steps = _plan(bits)
+    n = out.numel() // (8 // bits if bits in (1, 2, 4) else 8)  # lanes
+    buf = [_lanes(None if work is None else work[:out.numel()], n, lane),
+           _lanes(None if work is None else work[out.numel():], n, lane)]
+    if bits in (1, 2, 4):
+        w = buf[0].copy_(packed)  # zero-extends each byte into its lane
+    else:
+        w = buf[0]
+        w.zero_().view(torch.uint8).view(-1, 8)[:, :bits] = packed.view(-1, bits)
+    t = out.view(lane)
+    for i, (span, f, low) in enumerate(reversed(steps)):
+        dst = t if i == len(steps) - 1 else buf[(i + 1) % 2]
+        torch.bitwise_left_shift(w, span - f, out=dst)
+        if bits <= 4:
+            dst.bitwise_or_(w).bitwise_and_(low | low << span)
+        else:
+            dst.bitwise_and_(low << span).bitwise_or_(w.bitwise_and_(low))
+        w = dst
+    return out
