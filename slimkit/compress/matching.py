@@ -7,6 +7,7 @@ teacher's softened outputs, optionally plus the MSE to its penultimate features 
 MiR does). No labels are used. SGD with Nesterov momentum and a one-cycle schedule; BatchNorm statistics
 stay frozen (recalibrate them before, see ``bnrecal``). Used by ``distill`` and by ``pq``'s codeword fine-tune.
 """
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -105,8 +106,12 @@ def function_matching(student, teacher, X, settings: MatchSettings, gen, params=
     student.train()
     _set_bn_eval(student)
     loss = None
+    # Divergence guard: with very few images (K=1) an update can blow up to NaN. Roll back to the last good
+    # weights, drop the momentum and halve the learning rate for the rest of the run, rather than return (or
+    # fail on) a broken student. Runs that never diverge are unchanged.
+    good, good_every, lr_scale, rollbacks = copy.deepcopy(student.state_dict()), 50, 1.0, 0
     try:
-        for _ in tqdm(range(s.steps), desc=f"{desc}: function matching", disable=not progress, leave=False):
+        for step in tqdm(range(s.steps), desc=f"{desc}: function matching", disable=not progress, leave=False):
             idx = torch.randint(0, len(X), (min(s.batch_size, max(len(X), 2)),), generator=gen)
             x = views(X[idx], gen, s.crop, s.flip, s.mix, s.alpha)
             with torch.no_grad():
@@ -122,8 +127,26 @@ def function_matching(student, teacher, X, settings: MatchSettings, gen, params=
             loss.backward()
             opt.step()
             sched.step()
+            if lr_scale != 1.0:
+                for g in opt.param_groups:
+                    g["lr"] *= lr_scale
+            if not torch.isfinite(loss) or not all(torch.isfinite(p).all() for p in params):
+                rollbacks += 1
+                student.load_state_dict(good)
+                opt.state.clear()
+                lr_scale *= 0.5
+                if rollbacks > 8:
+                    break
+                continue
+            if step % good_every == 0:
+                good = copy.deepcopy(student.state_dict())
     finally:
         grab_s.remove()
         grab_t.remove()
         student.eval()
-    return float(loss.detach())
+    if rollbacks:
+        import warnings
+
+        warnings.warn(f"{desc}: function matching diverged {rollbacks} time(s); rolled back to the last good weights "
+                      f"and continued at {lr_scale:g}x the learning rate", UserWarning, stacklevel=2)
+    return float(loss.detach()) if torch.isfinite(loss) else None
