@@ -4,6 +4,7 @@ The demo is a list of steps (``STEPS``) run in order on one :class:`DemoContext`
 earlier ones left there and prints a short report. Later stages (e.g. compression) append a step.
 Nothing is downloaded: the digits set ships inside the package.
 """
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -110,6 +111,8 @@ def step_compress(ctx: DemoContext):
     ctx.outputs["compressed_accuracy"] = res.report.after.accuracy
     ctx.outputs["compressed_macs"] = res.report.after.macs
     write_text(os.path.join(ctx.out_dir, "compress_report.md"), res.report.to_markdown())
+    write_text(os.path.join(ctx.out_dir, "compress_report.json"),
+               json.dumps(res.report.to_dict(), indent=1, default=str) + "\n")
     save(res.model, os.path.join(ctx.out_dir, "compressed.pt2"), ctx.example_inputs)
     ctx.say(res.report.to_markdown())
 

@@ -1,4 +1,5 @@
-"""Tiny deterministic models and data for part-B compression tests (no files, no downloads)."""
+"""A tiny ResNet (stem, one residual block with a functional add, a concat, linear head), its few-shot data and
+an SNR helper, for the compression pass tests (no files, no downloads)."""
 import torch
 from torch import nn
 import torch.nn.functional as F

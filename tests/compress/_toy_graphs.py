@@ -1,4 +1,4 @@
-"""Tiny deterministic user models for part-A compression tests: residual adds, an option-A channel-padded
+"""Tiny deterministic user models for the graph, prune and surgery tests: residual adds, an option-A channel-padded
 shortcut, concat, a depthwise conv, functional ops, dropout, flatten -> linear head, an MLP."""
 import pytest
 import torch

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _toys_a import assert_untouched, state_copy, toy_net, one_thread  # noqa: F401 (autouse fixture)
+from _toy_graphs import assert_untouched, state_copy, toy_net, one_thread  # noqa: F401 (autouse fixture)
 from slimkit.compress.base import CompressContext, get_pass
 from slimkit.compress.prune_unstructured import (SparsifyConfig, magnitude_masks, prunable_weights,
                                                  schedule_epochs, sparsify)

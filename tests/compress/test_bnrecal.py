@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from _toys_b import tiny_data, tiny_model
+from _tiny_resnet import tiny_data, tiny_model
 from slimkit.compress.base import CompressContext
 from slimkit.compress.bnrecal import BNRecalConfig, bnrecal, recalibrate
 from slimkit.compress.views import flip_safe, mix, random_views

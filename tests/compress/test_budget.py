@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from _toys_a import ToyNet, assert_untouched, randomize_bn, state_copy, one_thread  # noqa: F401 (autouse fixture)
+from _toy_graphs import ToyNet, assert_untouched, randomize_bn, state_copy, one_thread  # noqa: F401 (autouse fixture)
 from slimkit.compress.base import CompressContext, get_pass
 from slimkit.compress.budget import BudgetConfig, allocate, budget, weight_bytes
 from slimkit.profile.counting import count_macs

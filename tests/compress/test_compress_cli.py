@@ -8,13 +8,13 @@ from slimkit.cli import main
 from slimkit.compress import load
 from slimkit.models import ModelInfo, _registry
 
-from _toys_b import tiny_model
+from _tiny_resnet import tiny_model
 
 
 @pytest.fixture(autouse=True)
 def tiny_registered(monkeypatch):
     """Registers the test model for each test only, so the zoo-wide tests never see it."""
-    info = ModelInfo("_test_tiny_b", lambda: tiny_model(), (3, 8, 8), description="part-B test model")
+    info = ModelInfo("_test_tiny_b", lambda: tiny_model(), (3, 8, 8), description="tiny ResNet test model")
     monkeypatch.setitem(_registry._REGISTRY, "_test_tiny_b", info)
 
 

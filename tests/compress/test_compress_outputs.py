@@ -14,7 +14,7 @@ from slimkit.compress import RecipeError, parse_recipe
 from slimkit.errors import SlimkitError
 from slimkit.models import ModelInfo, _registry
 
-from _toys_b import tiny_model
+from _tiny_resnet import tiny_model
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ from slimkit.compress.base import CompressContext
 from slimkit.compress.distill import DistillConfig, channel_maps, distill, few_shot
 from slimkit.errors import SlimkitError
 
-from _toys_b import tiny_data, tiny_model
+from _tiny_resnet import tiny_data, tiny_model
 
 KEEP = torch.tensor([0, 2, 3, 5, 7])  # conv1 output channels kept by the hand-made "pruning"
 
@@ -103,6 +103,15 @@ def test_distill_through_compress_uses_original_as_teacher():
     res = compress(student, torch.randn(1, 3, 8, 8), "distill(steps=2,views=1)", data=tiny_data(),
                    progress=False, latency_batches=())
     assert res.model.conv1.weight.shape == (5, 8, 3, 3)
+    # ... and it is distilled towards that original (the student), not the unpruned net it came from
+    x = torch.cat([b[0] for b in tiny_data(n_batches=4)])
+    assert logit_mse(res.model, student, x) < logit_mse(res.model, teacher, x)
+    # handed the unpruned net, compress() prunes it and distill pulls the pruned model back towards it
+    data = tiny_data(n_batches=4)
+    pruned = compress(teacher, x[:1], "prune(macs=0.6)", data=data, progress=False, latency_batches=()).model
+    recovered = compress(teacher, x[:1], "prune(macs=0.6),distill(steps=2,views=1)", data=data, progress=False,
+                         latency_batches=()).model
+    assert logit_mse(recovered, teacher, x) < 0.5 * logit_mse(pruned, teacher, x)
 
 
 def test_errors():

@@ -5,7 +5,7 @@ import torch
 from slimkit.compress import compress, load, save
 from slimkit.errors import CheckpointError, SlimkitError
 
-from _toys_b import tiny_data, tiny_model
+from _tiny_resnet import tiny_data, tiny_model
 
 
 def test_pt2_round_trip_same_outputs_any_batch(tmp_path):

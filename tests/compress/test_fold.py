@@ -2,7 +2,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _toys_a import assert_untouched, state_copy, toy_mlp, toy_net, one_thread  # noqa: F401 (autouse fixture)
+from _toy_graphs import assert_untouched, state_copy, toy_mlp, toy_net, one_thread  # noqa: F401 (autouse fixture)
 from slimkit.compress.fold import FoldConfig, fold, fold_model
 from slimkit.compress.base import CompressContext, get_pass
 

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _toys_a import toy_net, one_thread  # noqa: F401 (autouse fixture)
+from _toy_graphs import toy_net, one_thread  # noqa: F401 (autouse fixture)
 from slimkit.compress.graph import GraphError, build_graph
 
 

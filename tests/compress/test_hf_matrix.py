@@ -11,7 +11,7 @@ import torch
 pytest.importorskip("transformers")
 
 from _hf_models import HF_MODELS, build, example_for  # noqa: E402
-from _toys_a import one_thread  # noqa: E402,F401 (autouse fixture)
+from _toy_graphs import one_thread  # noqa: E402,F401 (autouse fixture)
 import slimkit  # noqa: E402
 from slimkit.compress import compress  # noqa: E402
 from slimkit.compress.check import compare_outputs, variation  # noqa: E402

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from _toys_a import toy_net, one_thread  # noqa: F401 (autouse fixture)
+from _toy_graphs import toy_net, one_thread  # noqa: F401 (autouse fixture)
 from slimkit.compress.graph import build_graph
 from slimkit.compress.importance import (get_importance, group_scores, list_importances, record,
                                          redundancy_residuals, gram)

@@ -9,7 +9,7 @@ from slimkit.compress.base import CompressContext  # noqa: E402
 from slimkit.compress.int8 import Int8Config, OrtModule, int8, onnx_weight_bytes  # noqa: E402
 from slimkit.errors import SlimkitError  # noqa: E402
 
-from _toys_b import snr_db, tiny_data, tiny_model  # noqa: E402
+from _tiny_resnet import snr_db, tiny_data, tiny_model  # noqa: E402
 
 
 def test_ort_fp32_matches_eager():

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from _toys_a import assert_untouched, state_copy, toy_mlp, toy_net, one_thread  # noqa: F401 (autouse fixture)
+from _toy_graphs import assert_untouched, state_copy, toy_mlp, toy_net, one_thread  # noqa: F401 (autouse fixture)
 from slimkit.compress.base import CompressContext, get_pass
 from slimkit.compress.lowrank import LowRankConfig, analyze, build, layer_macs, lowrank
 from slimkit.profile.counting import count_macs

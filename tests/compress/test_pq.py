@@ -9,7 +9,7 @@ from slimkit.compress.base import CompressContext
 from slimkit.compress.pq import (PQConfig, PQConv2d, PQLinear, error_correct, kmeans_pq, pack_indices, pq,
                                  response_stats, unpack_indices)
 
-from _toys_b import snr_db, tiny_data, tiny_model
+from _tiny_resnet import snr_db, tiny_data, tiny_model
 
 
 @settings(max_examples=30, deadline=None)

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _toys_a import ToyNet, assert_untouched, randomize_bn, state_copy, toy_mlp, toy_net, one_thread  # noqa: F401 (autouse fixture)
+from _toy_graphs import ToyNet, assert_untouched, randomize_bn, state_copy, toy_mlp, toy_net, one_thread  # noqa: F401 (autouse fixture)
 from slimkit.compress.base import CompressContext, get_pass
 from slimkit.compress.prune import PruneConfig, prune
 from slimkit.profile.counting import count_macs
