@@ -3,7 +3,7 @@
 Every ``interval`` steps the policy observes the mean loss of the last window, gets the reward
     r = (L_prev - L_now) / |L_prev|  -  lam * bits / 32      (loss decrease traded against bytes)
 and picks the next bit-width from ``actions``. State, reward and learner are slimkit's [proposal]
-(the paper does not publish them, see methods.md section 6). The quantizer is QSGD, wrapped in
+(the paper does not publish them, see methods.md, "MQGrad"). The quantizer is QSGD, wrapped in
 ECQ error compensation when ``ef`` is true. All ranks must feed the same loss (CommState.observe_loss
 all-reduces it) and share ``seed``, so every rank takes the same decision without a broadcast.
 """

@@ -1,7 +1,7 @@
 """Seesaw-Net (Zhang, arXiv 1905.03672): MobileNetV2-style blocks with UNEVEN point-wise group convolution.
 
 A 1x1 conv is split into two groups of 1/4 and 3/4 of the channels (cost 1/16 + 9/16 = 0.625 of a dense 1x1).
-Two cross-group information-flow patterns (see ../shared/research/methods.md, section 4):
+Two cross-group information-flow patterns (see ../shared/research/methods.md, "Seesaw-Net"):
 
 * ``pattern="shuffle"`` - from the authors' re-implementation (cvtower/SeesawNet_pytorch): a channel shuffle
   (2 groups) after the first uneven 1x1; both 1x1s split 1/4 : 3/4.

@@ -7,7 +7,7 @@ step every worker sends Q(grad_B(x) - grad_B(x~)) with the LPC quantizer (clippi
 quantizer, ``slimkit.comm.lpc``), and the server takes a proximal step
 x <- prox_{eta*l1}(x - eta*(mean_w Q(.) + mu)). ``bits=None`` sends float32: plain prox-SVRG.
 ALPC-SVRG adds Nesterov momentum to the inner loop (gradients at the extrapolated point). The
-paper's "double sampling" and its step/clipping values are not known (methods.md section 18): this
+paper's "double sampling" and its step/clipping values are not known (methods.md, "LPC-SVRG / ALPC-SVRG"): this
 acceleration is slimkit's [proposal]. Bits counted = real payload bytes * 8, uplink only.
 """
 from dataclasses import dataclass, field

@@ -1,4 +1,4 @@
-"""Memory-bounded training (after AccUDNN, Guo et al. ICCD 2019; methods.md section 9).
+"""Memory-bounded training (after AccUDNN, Guo et al. ICCD 2019; methods.md, "AccUDNN").
 
 * ``measure_activation_memory``: bytes of activations autograd saves for backward (CPU: counted through
   ``torch.autograd.graph.saved_tensors_hooks``, one count per storage; CUDA: ``torch.cuda.max_memory_allocated``

@@ -1,4 +1,5 @@
-"""Samplers: uniform and Lipschitz-free adaptive importance sampling (Liu et al., ICPR 2020; methods.md section 13).
+"""Samplers: uniform and Lipschitz-free adaptive importance sampling (Liu et al., ICPR 2020; methods.md,
+"Adaptive importance sampling").
 
 Importance sampling keeps G_i, the last observed per-sample gradient norm (initially ``init``), and every ``period``
 updates sets ``p_i = (1 - mixture) G_i / sum_j G_j + mixture / n``. Samples are drawn i.i.d. from p; the loss of

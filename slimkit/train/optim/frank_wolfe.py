@@ -1,4 +1,4 @@
-"""Frank-Wolfe RNN training (Yue et al., ICPR 2020; methods.md section 5).
+"""Frank-Wolfe RNN training (Yue et al., ICPR 2020; methods.md, "Frank-Wolfe RNN training").
 
 Each outer step runs ``inner_steps`` (K) Frank-Wolfe iterations inside an L2 ball of radius r around the current
 weights w_k, one mini-batch each:

@@ -1,4 +1,4 @@
-"""SGD-G2 (Ayadi & Turinici, ICPR 2020; methods.md section 14): SGD whose step size adapts from a second
+"""SGD-G2 (Ayadi & Turinici, ICPR 2020; methods.md, "SGD-G2"): SGD whose step size adapts from a second
 gradient evaluation on the same mini-batch after a trial Euler step (a stochastic Runge-Kutta estimate).
 
     g  = gradient at theta (already in p.grad when step() is called)
