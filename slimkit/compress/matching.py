@@ -112,7 +112,7 @@ def function_matching(student, teacher, X, settings: MatchSettings, gen, params=
     good, good_every, lr_scale, rollbacks = copy.deepcopy(student.state_dict()), 50, 1.0, 0
     try:
         for step in tqdm(range(s.steps), desc=f"{desc}: function matching", disable=not progress, leave=False):
-            idx = torch.randint(0, len(X), (min(s.batch_size, max(len(X), 2)),), generator=gen)
+            idx = torch.randint(0, len(X), (s.batch_size,), generator=gen)  # views differ, so a batch may exceed the image count
             x = views(X[idx], gen, s.crop, s.flip, s.mix, s.alpha)
             with torch.no_grad():
                 t_out = teacher(x)
