@@ -104,3 +104,37 @@ def test_fold_prune_distill_pairs_every_layer():
     assert not any(v.startswith("skipped") for v in res.model.distill_report.values())
     assert [r.name for r in res.report.passes] == ["fold", "prune", "distill"]
     assert res.report.after.macs <= 0.62 * res.report.before.macs
+
+
+@dataclass
+class _Scale(PassConfig):  # test-only lossy pass: multiplies the classifier by 10 (relative error 9)
+    name = "_test_scale_fc"
+    lossless = False
+
+
+@register_pass(_Scale)
+def _scale_fc(model, example_inputs, config, context):
+    new = copy.deepcopy(model)
+    with torch.no_grad():
+        new.fc.weight *= 10.0
+        new.fc.bias *= 10.0
+    return new
+
+
+def test_a_lossy_pass_before_recovery_is_judged_after_the_recovery():
+    """Error 9 > the default bound 2: refused alone; followed by a recovery pass (distill) the bound is judged
+    after that pass, against the teacher; an explicit bound for the pass still applies at once."""
+    from slimkit.compress.check import CheckConfig
+
+    model, data = tiny_model(), tiny_data(n_batches=2)
+    x = data[0][0][:1]
+    with pytest.raises(CompressionCheckError, match=r"'_test_scale_fc': relative output error 9 > bound 2"):
+        compress(model, x, "_test_scale_fc", data=data, progress=False, latency_batches=())
+    # distill's own bound is raised here: the point is where the scaling pass's bound is judged
+    res = compress(model, x, "_test_scale_fc,distill(steps=2,views=1)", data=data, progress=False,
+                   latency_batches=(), check=CheckConfig(max_rel_error={"distill": 100.0}))
+    first, last = res.report.passes
+    assert "bound judged after the recovery pass" in first.check and "vs the teacher" in last.check
+    with pytest.raises(CompressionCheckError, match="bound 5"):
+        compress(model, x, "_test_scale_fc,distill(steps=1)", data=data, progress=False, latency_batches=(),
+                 check=CheckConfig(max_rel_error={"_test_scale_fc": 5.0}))
