@@ -46,7 +46,7 @@ class PQConfig(PassConfig):
     codebook_dtype: Literal["float16", "float32"] = "float16"
     lut: bool = True
     steps: int = 1000  # codeword fine-tune by function matching (needs data; 0 = none)
-    lr: float = 0.005
+    lr: float = 1e-4  # Adam: a codeword's gradient sums over every weight that uses it, so SGD steps blew up
     seed: int = 0
 
     def __post_init__(self):
@@ -355,6 +355,6 @@ def _finetune_codewords(student, teacher, context, config, X, gen):
     from slimkit.compress.views import flip_safe
 
     teacher = teacher.eval()
-    settings = MatchSettings(steps=config.steps, lr=config.lr, flip=flip_safe(teacher, X))
+    settings = MatchSettings(steps=config.steps, lr=config.lr, flip=flip_safe(teacher, X), optimizer="adam")
     function_matching(student, teacher, X, settings, gen, progress=context.progress, desc="pq")
     student.requires_grad_(True)
