@@ -13,6 +13,7 @@ import torch
 
 from slimkit.comm._registry import create_compressor, register_compressor
 from slimkit.comm.base import Compressor
+from slimkit.comm.qsgd import QSGD
 
 
 _FMAX = torch.finfo(torch.float32).max
@@ -45,6 +46,7 @@ class ECQ(Compressor):
         self.bits, self.alpha, self.beta, self.inner_name = bits, alpha, beta, inner
         self.fixed_size = self.inner.fixed_size
         self.errors: dict[str, torch.Tensor] = {}
+        self._bufs: dict = {}  # layout -> (the views stored in errors, their flat buffer)
 
     def options(self):
         return {"bits": self.bits, "alpha": self.alpha, "beta": self.beta, "inner": self.inner_name,
@@ -55,21 +57,29 @@ class ECQ(Compressor):
 
     def reset_rank_state(self, rank):
         self.inner.bind(rank)
-        self.errors = {}  # another rank's residuals do not belong to this one
+        self.errors, self._bufs = {}, {}  # another rank's residuals do not belong to this one
 
     def _gather_error(self, n, segments):
+        """(segments, h): this bucket's error buffer, one private float32 [n] tensor that the call may
+        update in place (the last call's buffer when the layout is the same, else a fresh one)."""
         segments = segments or [("_flat", n)]
         if sum(s for _, s in segments) != n:
             raise ValueError(f"segments cover {sum(s for _, s in segments)} values, the tensor has {n}")
+        key, buf = self._bufs.get(tuple(segments), (None, None))
+        if buf is not None and all(self.errors.get(name) is part for (name, _), part in zip(segments, key)):
+            return segments, buf
         parts = [self.errors.get(name) for name, _ in segments]
-        if len(parts) == 1 and parts[0] is not None and parts[0].numel() == n:
-            return segments, parts[0]
-        return segments, torch.cat([torch.zeros(size) if part is None else part
+        return segments, torch.cat([torch.zeros(size) if part is None else part.reshape(-1)
                                     for part, (_, size) in zip(parts, segments)])
 
     def compress(self, flat, segments=None, **kw):
         g = self.check_finite(flat.reshape(-1).float())
         segments, h = self._gather_error(g.numel(), segments)
+        if isinstance(self.inner, QSGD):  # the error update runs inside the quantizer's chunk loop
+            payload = self.inner._compress(g, kw.get("bits") or self.inner.bits, None, (h, self.alpha, self.beta))
+            self._last = None  # decompress_own decodes the payload
+            self._store(segments, h)
+            return payload
         payload, q = self.inner.compress_decoded(_saturate(g + self.alpha * h), **kw)
         self._last = (payload, q)  # the hook reuses it instead of decoding its own payload again
         self._store(segments, _saturate(self.beta * h + (g - q)))
@@ -79,14 +89,27 @@ class ECQ(Compressor):
         """Error feedback over the whole bucket, then one inner payload per chunk (two-phase hook)."""
         g = self.check_finite(flat.reshape(-1).float())
         segments, h = self._gather_error(g.numel(), segments)
+        if isinstance(self.inner, QSGD):
+            bits = kw.get("bits") or self.inner.bits
+            q = torch.empty_like(g)
+            payloads = [self.inner._compress(g[lo:hi], bits, q[lo:hi], (h[lo:hi], self.alpha, self.beta))
+                        for lo, hi in zip(bounds[:-1], bounds[1:])]
+            self._store(segments, h)
+            return payloads, q
         payloads, q = self.inner.compress_chunks(_saturate(g + self.alpha * h), None, bounds, **kw)
         self._store(segments, _saturate(self.beta * h + (g - q)))
         return payloads, q
 
     def _store(self, segments, h_new):
-        # views into this step's fresh h_new (nothing writes to it later); state_dict() clones
-        for (name, _), part in zip(segments, h_new.split([s for _, s in segments])):
+        # views into this bucket's buffer (the next call with this layout updates it in place);
+        # state_dict() clones
+        parts = h_new.split([s for _, s in segments])
+        for (name, _), part in zip(segments, parts):
             self.errors[name] = part
+        names = {name for name, _ in segments}
+        for key in [k for k in self._bufs if any(name in names for name, _ in k)]:
+            del self._bufs[key]  # a layout that shared a parameter is gone (DDP rebuilt its buckets)
+        self._bufs[tuple(segments)] = (parts, h_new)
 
     def decompress(self, payload, numel):
         return self.inner.decompress(payload, numel)
@@ -96,4 +119,4 @@ class ECQ(Compressor):
 
     def load_state_dict(self, state):
         self.inner.load_state_dict(state["inner"])
-        self.errors = {k: v.clone() for k, v in state["errors"].items()}
+        self.errors, self._bufs = {k: v.clone() for k, v in state["errors"].items()}, {}

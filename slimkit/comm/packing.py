@@ -66,6 +66,10 @@ def pack_bits(codes: torch.Tensor, bits: int, check: bool = True) -> torch.Tenso
     nbytes = packed_nbytes(n, bits)
     if bits == 8:
         return codes.to(torch.uint8, copy=True)
+    if bits < 8 and n >= _SMALL:  # one uint8 copy, then shifts on int16/32/64 lanes
+        out = torch.empty(-(-n // 8) * bits, dtype=torch.uint8)
+        pack_codes_(_padded(codes, -(-n // 8) * 8, torch.uint8), bits, out)
+        return out[:nbytes]
     if bits in _FAST:
         per = 8 // bits
         v = _padded(codes, nbytes * per, torch.uint8).view(nbytes, per)
@@ -109,6 +113,10 @@ def unpack_bits(packed: torch.Tensor, bits: int, n: int, dtype: torch.dtype = to
     p = packed[:nbytes]
     if bits == 8:
         return p.to(dtype, copy=True)
+    if bits < 8 and n >= _SMALL:
+        n8 = -(-n // 8) * 8
+        out = unpack_codes_(_padded(p, n8 * bits // 8, torch.uint8), bits, torch.empty(n8, dtype=torch.uint8))
+        return out[:n].to(dtype, copy=True) if dtype != torch.uint8 or n8 != n else out
     if bits in _FAST:
         shifts = _arange(0, 8, bits, torch.uint8)
         out = (p.unsqueeze(1) >> shifts) & ((1 << bits) - 1)
@@ -155,29 +163,62 @@ class ByteReader:
         return from_bytes(self.take(n * dtype.itemsize), dtype)
 
 
-def rice_encode(values: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor, int]:
+def rice_k(values: torch.Tensor, total: int | None = None) -> int:
+    """The Golomb-Rice k in [0, 30] that minimises cost(k) = n*(k+1) + sum(v >> k), the smallest on
+    ties. cost is convex in k (its step n - sum((v >> k) - (v >> (k+1))) never decreases), so a walk
+    from floor(log2(mean)) needs 2-3 passes over ``values`` (``total``: their sum, if known)."""
+    n = values.numel()
+    if n == 0:
+        return 0
+    tmp = torch.empty_like(values)
+    sums = {0: int(values.sum()) if total is None else int(total)}
+
+    def s(k):
+        if k not in sums:
+            sums[k] = int(torch.bitwise_right_shift(values, k, out=tmp).sum())
+        return sums[k]
+
+    def rises(k):  # cost(k + 1) >= cost(k)
+        return k >= 30 or n + s(k + 1) - s(k) >= 0
+
+    k = min(30, max(0, (sums[0] // n).bit_length() - 1))
+    if rises(k):
+        while k > 0 and rises(k - 1):
+            k -= 1
+    else:
+        while not rises(k):
+            k += 1
+    return k
+
+
+def rice_encode(values: torch.Tensor, k: int | None = None) -> tuple[int, torch.Tensor, torch.Tensor, int]:
     """Golomb-Rice code for non-negative ints, split into two streams so both decode vectorised:
     (k, low k bits of each value packed at k bits, unary quotients packed at 1 bit -- q ones then a
-    zero each --, number of unary bits). k minimises the total size (the smallest k on ties)."""
+    zero each --, number of unary bits). k minimises the total size (the smallest k on ties) unless
+    given."""
     values = values.reshape(-1).to(torch.int64)
     n = values.numel()
     if n == 0:
         return 0, torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.uint8), 0
-    # cost(k) = n*(k+1) + sum(v >> k); beyond the bit length of max(v) it only grows
-    kmax = min(30, int(values.max()).bit_length())
-    ks = torch.arange(kmax + 1, dtype=torch.int64)
-    costs = n * (ks + 1) + (values.unsqueeze(1) >> ks).sum(0)
-    k = int(torch.argmin(costs))  # first minimum = smallest k on ties
-    ends = torch.cumsum((values >> k) + 1, 0) - 1  # position of each terminating zero
+    k = rice_k(values) if k is None else k
+    ends = torch.bitwise_right_shift(values, k).add_(1).cumsum_(0).sub_(1)  # each terminating zero
     n_unary = int(ends[-1]) + 1
     nbytes = packed_nbytes(n_unary, 1)
-    # all ones, minus the zero bits (distinct bits of a byte: their sum is their OR)
-    cleared = torch.zeros(nbytes, dtype=torch.int64).index_add_(0, ends >> 3, 1 << (ends & 7))
-    unary = (255 - cleared).to(torch.uint8)
-    if n_unary % 8:
-        unary[-1] &= (1 << (n_unary % 8)) - 1  # padding bits are zero, as pack_bits writes them
+    bitmap = torch.ones(8 * nbytes, dtype=torch.uint8).index_fill_(0, ends, 0)  # all ones but the zeros
+    bitmap[n_unary:] = 0  # padding bits are zero, as pack_bits writes them
+    unary = pack_codes_(bitmap, 1, torch.empty(nbytes, dtype=torch.uint8))
     low = pack_bits(values & ((1 << k) - 1), k, check=False) if k else torch.zeros(0, dtype=torch.uint8)
     return k, low, unary, n_unary
+
+
+def gaps(idx: torch.Tensor) -> torch.Tensor:
+    """Zeros between consecutive sorted indices (the first counts from -1): diff without the copies
+    of ``torch.diff(prepend=...)``."""
+    out = torch.empty_like(idx)
+    if idx.numel():
+        out[:1] = idx[:1] + 1  # idx[0] - (-1)
+        torch.sub(idx[1:], idx[:-1], out=out[1:])
+    return out.sub_(1)
 
 
 def rice_decode(k: int, low_codes: torch.Tensor, unary: torch.Tensor, n_unary: int) -> torch.Tensor:

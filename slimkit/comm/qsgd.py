@@ -17,7 +17,7 @@ import torch
 
 from slimkit.comm._registry import register_compressor
 from slimkit.comm.base import Compressor, bits_for
-from slimkit.comm.packing import (ByteReader, pack_bits, pack_codes_, packed_nbytes, rice_decode, rice_encode,
+from slimkit.comm.packing import (ByteReader, gaps, pack_bits, pack_codes_, packed_nbytes, rice_encode, rice_k,
                                   to_bytes, unpack_bits, unpack_codes_)
 
 _DENSE, _SPARSE = 0, 1
@@ -328,8 +328,14 @@ class QSGD(Compressor):
     def _sparse_parts(self, codes, bits):
         zero = (self.levels(bits) - 1) // 2
         nz = (codes != zero).nonzero().reshape(-1)
-        gaps = torch.diff(nz, prepend=nz.new_full((1,), -1)) - 1
-        k, low, unary, n_unary = rice_encode(gaps)
+        last = int(nz[-1]) if nz.numel() else -1
+        gap = gaps(nz)
+        k = rice_k(gap, last + 1 - nz.numel())  # the gaps sum to the zeros before the last non-zero
+        if k == 0:  # the unary stream is one bit per position up to the last non-zero: 1 = a zero code
+            n_unary = last + 1
+            low, unary = torch.zeros(0, dtype=torch.uint8), pack_bits(codes[:n_unary] == zero, 1, check=False)
+        else:
+            k, low, unary, n_unary = rice_encode(gap, k)
         vals = codes[nz]
         vals -= (vals > zero).to(vals.dtype)  # drop the zero level: 2 bits -> 1 bit for ternary
         counts = torch.tensor([nz.numel(), n_unary], dtype=torch.int32)
@@ -378,9 +384,15 @@ class QSGD(Compressor):
             return self._decode_dense(packed, scales, bits, numel, size, out)
         nnz, n_unary = r.take_as(2, torch.int32).tolist()
         k = int(r.take(1))
-        low = unpack_bits(r.take(packed_nbytes(nnz, k)), k, nnz) if k else torch.zeros(nnz, dtype=torch.int64)
+        low = r.take(packed_nbytes(nnz, k))
         unary = r.take(packed_nbytes(n_unary, 1))
-        idx = torch.cumsum(rice_decode(k, low, unary, n_unary) + 1, 0) - 1
+        ends = (unpack_bits(unary, 1, n_unary, dtype=torch.uint8) == 0).nonzero().reshape(-1)
+        if ends.numel() != nnz:
+            raise ValueError(f"corrupt {self.name} payload: {ends.numel()} unary codes, header says {nnz}")
+        if k == 0:  # the gaps are the unary runs: the zero bits sit at the indices themselves
+            idx = ends
+        else:
+            idx = gaps(ends).bitwise_left_shift_(k).add_(unpack_bits(low, k, nnz)).add_(1).cumsum_(0).sub_(1)
         zero = (self.levels(bits) - 1) // 2
         nzb = self._nz_bits(bits)
         vals = unpack_bits(r.take(packed_nbytes(nnz, nzb)), nzb, nnz, dtype=dtype)
@@ -389,8 +401,11 @@ class QSGD(Compressor):
         # bucket everywhere, then the non-zero codes at their indices
         step = 2.0 / (self.levels(bits) - 1)
         zero_val = torch.tensor([zero], dtype=torch.float32).mul_(step).sub_(1.0)
-        fill = (zero_val * scales).unsqueeze(1).expand(nb, size).reshape(-1)[:numel]
-        out = fill.clone() if out is None else out.reshape(-1).copy_(fill)
+        out = torch.empty(numel, dtype=torch.float32) if out is None else out.reshape(-1)
+        if float(zero_val) == 0.0:
+            out.zero_()
+        else:
+            _bucket_mul(out.fill_(float(zero_val)), scales, 0, size, out)
         bucket = idx >> (size.bit_length() - 1) if size & (size - 1) == 0 else idx.div(size, rounding_mode="floor")
-        out[idx] = vals.to(torch.float32).mul_(step).sub_(1.0).mul_(scales[bucket])
+        out.index_copy_(0, idx, vals.to(torch.float32).mul_(step).sub_(1.0).mul_(scales[bucket]))
         return out
