@@ -44,13 +44,15 @@ ROWS = {
                   "ablation: crops only (no flips, no mixup/cutmix)"),
     "abl_synth": (f"{SYNTH},prune(macs=0.5,coupled=false),distill,fold", 10, "ablation: + synthetic images"),
     "abl_drop": ("drop(blocks=2),prune(macs=0.6,coupled=false),distill,fold", 10, "ablation: block dropping + pruning"),
+    "patient": ("prune(macs=0.5,coupled=false),distill(steps=5000),fold", 10,
+                "longer function matching (5000 steps): does patience pay?"),
     "abl_nostage2": ("prune(macs=0.5,coupled=false),distill(steps=0),fold", 10, "ablation: layer-wise stage only"),
     "pq": ("pq(sub_dim=2,k=8,ec_iters=4)", 10, "pq with codeword fine-tune"),
     "pq_noft": ("pq(sub_dim=2,k=8,ec_iters=4,steps=0)", 10, "pq, error correction only"),
     "int8": ("int8", 10, "ONNX Runtime static int8"),
 }
-LOWRANK = ("lowrank", "lowrank(budget=0.01)", "lowrank(budget=0.1)", "lowrank(budget=0.3)", "lowrank(tradeoff=0.7)",
-           "lowrank(tradeoff=1.0)")
+LOWRANK = ("lowrank", "lowrank(budget=0.01)", "lowrank(budget=0.1)", "lowrank(budget=0.3)", "lowrank(budget=1.0)",
+           "lowrank(tradeoff=0.7)", "lowrank(tradeoff=0.8)", "lowrank(tradeoff=0.9)", "lowrank(tradeoff=1.0)")
 
 
 def load_npz(path):
@@ -219,6 +221,10 @@ def cmd_latency(args):
         eager[n] = torch.load(os.path.join(args.models, f"{n}.pt"), weights_only=False).eval()
     ort = {n: OrtModule.from_torch(m, (test[0][:1],), threads=args.threads) for n, m in eager.items()
            if n != "baseline+fold"}
+    # int8 is an ONNX Runtime model: timed against ORT fp32 in the same interleaved group
+    few, _ = splits(args.train, 10)
+    ort["int8"] = compress(base, test[0][:1], f"int8(threads={args.threads})", data=few, progress=False,
+                           latency_batches=()).model
     lat = {}
     for b in (1, 64):
         xb = (test[0][:b],)
