@@ -139,7 +139,7 @@ class Registry:
         return key.__name__ if isinstance(key, type) else str(key)
 
     # -- building ----------------------------------------------------------------------------------------
-    def create(self, spec, *args, **options):
+    def create(self, spec, /, *args, **options):
         """Build a plug-in from ``spec`` (a name or ``NAME(FIELD=VALUE, ...)``); keyword ``options``
         override those in the spec. A config plug-in gives its config (the handler runs it later, as
         ``quantize_(model, config)`` does); a class or function is called with ``*args`` and the options."""
