@@ -111,7 +111,9 @@ class ECQ(Compressor):
             del self._bufs[key]  # a layout that shared a parameter is gone (DDP rebuilt its buckets)
         self._bufs[tuple(segments)] = (parts, h_new)
 
-    def decompress(self, payload, numel):
+    def decompress(self, payload, numel, out=None):
+        if out is not None and isinstance(self.inner, QSGD):
+            return self.inner.decompress(payload, numel, out=out)
         return self.inner.decompress(payload, numel)
 
     def state_dict(self):

@@ -3,7 +3,10 @@
 Each bucket of ``bucket_size`` values is divided by its norm, so values lie in [-1, 1], then
 stochastically rounded onto K evenly spaced points of [-1, 1]: K = 2**bits - 1 (s = K // 2
 non-zero levels per sign, zero included) for bits >= 2, and K = 2 ({-1, +1}) for bits = 1.
-Rounding up with probability equal to the distance from the lower point keeps E[Q(v)] = v.
+Rounding up with probability equal to the distance from the lower point keeps E[Q(v)] = v (the
+noise has 16 bits, so that probability is exact to 2**-17; above 8 bits the fraction is taken
+exactly first). The noise is numpy's SFC64, seeded per call by one draw of the compressor's torch
+generator (torch.rand alone cost 10x a memcpy per value); everything runs chunk by chunk in cache.
 Wire format (version 1): 2 header bytes (version << 4 | coding, bits), one float32 norm per bucket, then either every code
 packed at ``bits`` bits ("dense") or only the non-zero codes with their indices ("sparse");
 ``coding="auto"`` sends whichever is smaller. Sparse indices travel as Golomb-Rice coded gaps

@@ -213,3 +213,66 @@ def test_wire_format_version_is_checked_and_version_0_still_decodes(coding):
     future[0] = (2 << 4) | (int(payload[0]) & 15)
     with pytest.raises(ValueError, match="wire format version 2; this slimkit reads versions 0..1"):
         c.decompress(future, 1000)
+
+
+@pytest.mark.parametrize("spec", ["qsgd(bits=4, coding='dense')", "qsgd(bits=2, norm='max')", "qsgd(bits=3, bucket_size=7)",
+                                  "qsgd(bits=12, bucket_size=64)", "qsgd(bits=4, bucket_size=0)", "lpc(bits=4)",
+                                  "ecq(bits=2)", "ecq(bits=4, coding='dense', bucket_size=0)", "terngrad"])
+def test_payload_does_not_depend_on_the_chunk_size(spec, monkeypatch):
+    # the chunk loop (many chunks, a padded last one, buckets larger than a chunk) sends exactly what
+    # one big chunk sends: the noise is one sequential stream
+    import slimkit.comm.qsgd as qsgd_mod
+
+    x = torch.randn(5003, generator=torch.Generator().manual_seed(1)) * torch.rand(5003).pow(3)
+    outs = []
+    for chunk in (qsgd_mod.CHUNK, 64, 1024):
+        monkeypatch.setattr(qsgd_mod, "CHUNK", chunk)
+        c = comm.parse_compressor(spec)
+        c.bind(3)
+        p1, p2 = c.compress(x, [("a", 3000), ("b", 2003)]), c.compress(2 * x, [("a", 3000), ("b", 2003)])
+        outs.append((p1, p2, c.decompress(p2, 5003)))
+    for p1, p2, y in outs[1:]:
+        assert torch.equal(p1, outs[0][0]) and torch.equal(p2, outs[0][1]) and torch.equal(y, outs[0][2])
+
+
+@pytest.mark.parametrize("spec", ["qsgd(bits=4, coding='dense')", "qsgd(bits=4, coding='sparse')", "ecq(bits=2)", "qsgd(bits=16)"])
+def test_decompress_into_a_reused_buffer_equals_a_fresh_one(spec):
+    x = torch.randn(2000, generator=torch.Generator().manual_seed(2)) * torch.rand(2000).pow(4)
+    c = comm.parse_compressor(spec)
+    payload = c.compress(x)
+    buf = torch.full((2000,), float("nan"))
+    y = c.decompress(payload, 2000, out=buf)
+    assert y.data_ptr() == buf.data_ptr() and torch.equal(buf, c.decompress(payload, 2000))
+
+
+def test_nan_in_a_later_chunk_skips_with_the_noise_rewound(monkeypatch):
+    import slimkit.comm.qsgd as qsgd_mod
+
+    monkeypatch.setattr(qsgd_mod, "CHUNK", 512)
+    x = torch.randn(4096)
+    x[3000] = float("nan")  # found in the 6th chunk, after 5 chunks drew noise
+    a = comm.create_compressor("qsgd", nonfinite="skip", seed=4)
+    b = comm.create_compressor("qsgd", nonfinite="skip", seed=4)
+    assert torch.equal(a.compress(x), b.compress(torch.zeros(4096))) and a.skipped == 1
+    assert torch.equal(a.generator.get_state(), b.generator.get_state())
+
+
+def test_ecq_error_buffer_is_updated_in_place_and_survives_a_layout_change():
+    # alpha = beta = 1: what was sent plus the error equals the gradients, across a bucket rebuild
+    c = comm.create_compressor("ecq", bits=2, alpha=1.0, beta=1.0, seed=7)
+    g = torch.Generator().manual_seed(7)
+    total_g, total_q = torch.zeros(50), torch.zeros(50)
+    layouts = [[("a", 30), ("b", 20)]] * 3 + [[("b", 20), ("a", 30)]] * 2
+    for segs in layouts:
+        grad = torch.randn(50, generator=g)
+        if segs[0][0] == "b":  # the same parameters in the other order: the flat bucket is permuted
+            flat = torch.cat([grad[30:], grad[:30]])
+            q = c.decompress(c.compress(flat, segs), 50)
+            q = torch.cat([q[20:], q[:20]])
+        else:
+            q = c.decompress(c.compress(grad, segs), 50)
+        total_g += grad
+        total_q += q
+    err = torch.cat([c.errors["a"], c.errors["b"]])
+    torch.testing.assert_close(total_q + err, total_g, rtol=1e-5, atol=1e-4)
+    assert len(c._bufs) == 1  # the old layout's buffer was dropped

@@ -58,3 +58,21 @@ def test_lpc_rms_of_huge_gradient_is_finite():
 def test_average_divides_before_summing():
     parts = [torch.full((5,), FMAX)] * 4
     torch.testing.assert_close(_average(parts, 4), torch.full((5,), FMAX))
+
+
+@pytest.mark.parametrize("spec", ["qsgd", "qsgd(norm='max')", "lpc", "ecq", "ecq(inner='lpc')", "qsgd(bits=16)"])
+def test_overflow_handling_holds_across_chunks(spec, monkeypatch):
+    # the chunked encoder finds overflowing norms and g + alpha * h per chunk (or on a careful rerun)
+    import slimkit.comm.qsgd as qsgd_mod
+
+    monkeypatch.setattr(qsgd_mod, "CHUNK", 256)
+    x = _big(3, 3000, 30)
+    x[2500:2600] = _big(4, 100, 39)  # a late chunk at float32 max
+    x[2600] = -FMAX
+    c = comm.parse_compressor(spec)
+    c.bind(0)
+    for _ in range(3):
+        y = c.decompress(c.compress(x, [("w", 3000)]), 3000)
+        assert torch.isfinite(y).all()
+    for buf in getattr(c, "errors", {}).values():
+        assert torch.isfinite(buf).all()

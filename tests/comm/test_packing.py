@@ -65,3 +65,23 @@ def test_rice_code_roundtrips_and_picks_the_cheapest_k(n, scale, seed):
     assert unary.numel() == packed_nbytes(n_unary, 1) and low.numel() == packed_nbytes(n, k)
     low_codes = unpack_bits(low, k, n) if k else torch.zeros(n, dtype=torch.int64)
     assert torch.equal(rice_decode(k, low_codes, unary, n_unary), values)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_lane_kernels_with_reused_scratch_match_pack_bits(bits):
+    from slimkit.comm.packing import pack_codes_, unpack_codes_
+
+    work = torch.empty(2 * 4096, dtype=torch.uint8)
+    for n in (8, 64, 4096):
+        codes = torch.randint(0, 2**bits, (n,), generator=torch.Generator().manual_seed(bits + n), dtype=torch.uint8)
+        out = pack_codes_(codes.clone(), bits, torch.empty(n * bits // 8, dtype=torch.uint8), work[:n])
+        assert torch.equal(out, pack_bits(codes, bits))
+        assert torch.equal(unpack_codes_(out, bits, torch.empty(n, dtype=torch.uint8), work[:2 * n]), codes)
+
+
+def test_gaps_is_diff_from_minus_one():
+    from slimkit.comm.packing import gaps
+
+    idx = torch.tensor([0, 3, 4, 10])
+    assert gaps(idx).tolist() == [0, 2, 0, 5]
+    assert gaps(torch.zeros(0, dtype=torch.int64)).numel() == 0
