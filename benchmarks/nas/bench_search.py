@@ -282,7 +282,7 @@ def report(args):
             ("lut_check_ms", "measured ms (bench_lut)"), ("eager_b1_ms", "measured ms b1"),
             ("eager_b64_ms", "measured ms b64"), ("macs", "MACs"), ("params", "params"),
             ("holdout_acc", "train held-out %"), ("supernet_val_acc", "supernet val %"), ("evaluated", "evaluated"), ("rejected", "over budget"),
-            ("train_s", "train s"), "spec"]
+            ("train_s", "train wall s (shared cores)"), "spec"]
     loo_abs = [abs(v) for v in loo]
     text = [f"Search under a latency budget: latency_ms <= {ms:.3f} (= measured zoo {args.budget_model}, eager, "
             f"1 thread, batch 1, from {os.path.relpath(args.lut_check, ROOT)}); zoo baselines = widest width under "
