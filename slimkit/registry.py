@@ -284,7 +284,7 @@ def coerce(cls, field, value, *, name=None):
             if value in typing.get_args(t):
                 return value
             # the grammar reads the words none/true/false as values; a Literal of words means the word
-            word = {None: "none", True: "true", False: "false"}.get(value) if not isinstance(value, (int, float)) or isinstance(value, bool) else None
+            word = "none" if value is None else str(value).lower() if isinstance(value, bool) else None
             if word in typing.get_args(t):
                 return word
             continue

@@ -37,11 +37,14 @@ class CheckConfig:
     min_agreement: dict = field(default_factory=dict)
     probe_batches: int = 4
 
-    def rel_bound(self, cfg):
+    def rel_bound(self, cfg, deferred=False):
+        """The pass's bound; None (no bound now) when ``deferred`` and the user set none for it."""
         if cfg.name in self.max_rel_error:
             return self.max_rel_error[cfg.name]
         if "*" in self.max_rel_error:
             return self.max_rel_error["*"]
+        if deferred:
+            return None
         if getattr(cfg, "recovery", False):
             return RECOVERY_MAX_REL_ERROR
         return DEFAULT_MAX_REL_ERROR.get(cfg.name, GENERIC_MAX_REL_ERROR)
@@ -185,8 +188,7 @@ def check_pass(cfg, old, new, probes, ref_model, output=None, checks=None, outpu
     if v_ref > 0 and v_out <= CONSTANT_TOL * v_ref:
         raise CompressionCheckError(f"pass {name!r}: the output is constant across inputs (variation {v_out:.3g} vs "
                                     f"{v_ref:.3g} before; {where}): the compressed model ignores its input")
-    explicit = cfg.name in checks.max_rel_error or "*" in checks.max_rel_error
-    bound = None if deferred and not explicit else checks.rel_bound(cfg)
+    bound = checks.rel_bound(cfg, deferred)
     if bound is not None and rel > bound:
         raise CompressionCheckError(f"pass {name!r}: relative output error {rel:.3g} > bound {bound:g} ({where}); "
                                     f"raise it with check=CheckConfig(max_rel_error={{{name!r}: ...}}) if intended")

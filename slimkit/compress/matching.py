@@ -8,6 +8,7 @@ MiR does). No labels are used. SGD with Nesterov momentum and a one-cycle schedu
 stay frozen (recalibrate them before, see ``bnrecal``). Used by ``distill`` and by ``pq``'s codeword fine-tune.
 """
 import copy
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -145,8 +146,6 @@ def function_matching(student, teacher, X, settings: MatchSettings, gen, params=
         grab_t.remove()
         student.eval()
     if rollbacks:
-        import warnings
-
         warnings.warn(f"{desc}: function matching diverged {rollbacks} time(s); rolled back to the last good weights "
                       f"and continued at {lr_scale:g}x the learning rate", UserWarning, stacklevel=2)
     return float(loss.detach()) if torch.isfinite(loss) else None
