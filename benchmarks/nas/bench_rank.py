@@ -102,12 +102,19 @@ def run(args):
     trainer.load()
     while trainer.step_count < cfg.steps and time.time() < deadline:
         trainer.run(stop_after=50, progress=False)
-        print(f"step {trainer.step_count}/{cfg.steps}, {trainer.train_seconds:.0f} s, loss "
-              f"{sum(h['loss'] for h in trainer.history[-50:]) / 50:.3f}", flush=True)
+        cpu_s = "" if trainer.train_cpu_seconds is None else f" ({trainer.train_cpu_seconds:.0f} s CPU)"
+        print(f"step {trainer.step_count}/{cfg.steps}, {trainer.train_seconds:.0f} s{cpu_s}, loss "
+              f"{sum(h['loss'] for h in trainer.history[-50:]) / 50:.3f}, load {os.getloadavg()[0]:.2f}", flush=True)
     if trainer.step_count < cfg.steps:
         return print("partial: training")
-    _dump(os.path.join(run_dir, "train.json"), {"step": trainer.step_count, "train_seconds": trainer.train_seconds,
-                                                "di": vars(di), "loadavg": os.getloadavg()})
+    train_json = os.path.join(run_dir, "train.json")
+    if not os.path.exists(train_json):  # written once, when training ends (later chunks only estimate/search)
+        from slimkit.profile.analysis import cpu_name
+
+        _dump(train_json, {"step": trainer.step_count, "train_seconds": trainer.train_seconds,
+                           "train_cpu_seconds": trainer.train_cpu_seconds, "cpu": cpu_name(),
+                           "torch": torch.__version__, "threads": args.threads, "di": vars(di),
+                           "loadavg": os.getloadavg()})
     evaluate = ArchEvaluator(supernet, calib, vx, vy)
     est_path = os.path.join(run_dir, "estimates.json")
     est = _json(est_path, {})
@@ -158,10 +165,16 @@ def summarize(run_dir, gt_best=OPTIMUM):
     ckpt = _json(os.path.join(run_dir, "train.json"), None)  # small; the checkpoint is not committed
     if ckpt is None:
         ckpt = {k: v for k, v in torch.load(os.path.join(run_dir, "supernet.pt"), map_location="cpu",
-                                            weights_only=True).items() if k in ("step", "train_seconds")}
+                                            weights_only=True).items()
+                if k in ("step", "train_seconds", "train_cpu_seconds")}
     search = _json(os.path.join(run_dir, "search.json"), {})
     return {"cells": len(est), "kendall_tau": float(kendall_tau(e, t)), "spearman": spearman_rho(e, t),
             "top10_overlap": topk_overlap(e, t, 10), "train_s": ckpt["train_seconds"], "steps": ckpt["step"],
+            "step_ms": 1000 * ckpt["train_seconds"] / ckpt["step"],
+            "cpu_step_ms": (1000 * ckpt["train_cpu_seconds"] / ckpt["step"]) if ckpt.get("train_cpu_seconds") else None,
+            # ws_s0 (4500 steps) predates the cpu field; it ran in the session whose PD timing recorded AMD EPYC
+            "cpu": ckpt.get("cpu", "not recorded (AMD EPYC)"),
+            "train_load1": (ckpt.get("loadavg") or [None])[0],
             "eval_s_per_cell": sum(v["seconds"] for v in est.values()) / len(est),
             "top_estimated_truth": top["truth"], "search_best_truth": search.get("best_truth"),
             "search_best_spec": search.get("best_spec"), "search_evaluated": search.get("evaluated")}
@@ -215,13 +228,18 @@ def _markdown(args, rows, per):
             f"BN-recalibrated ({args.calib_images} images) accuracy on {args.eval_images} held-out images. "
             f"Search = evolution (population {args.search_population}, {args.search_generations} generations) on "
             f"the supernet; its pick's ground truth vs the space's optimum {OPTIMUM}%. 1 thread, "
-            f"OMP_NUM_THREADS=1, shared 2-core AMD EPYC, torch {torch.__version__}. mean +- sd over seeds.", "",
+            f"OMP_NUM_THREADS=1, shared 2-vCPU machines (the CPU of each run in the per-run table), "
+            f"torch {torch.__version__}. mean +- sd over seeds. step ms = wall time per training step (counts "
+            f"waiting for a shared CPU); CPU ms = process CPU time per step (1 thread; recorded from the DI seed-0 "
+            f"run on). Train time is only comparable between runs on the same CPU.", "",
             to_markdown(summary, ["method", "seeds", ("tau", "Kendall tau"), ("rho", "Spearman"),
                                   ("top10", "top-10 overlap"), ("train_s", "train s"),
                                   ("top_est", "truth of top-estimated %"), ("search", "truth of search pick %")]),
             "", "Per run:", "",
             to_markdown(runs, ["method", "seed", "steps", "cells", ("kendall_tau", "tau"), ("spearman", "rho"),
-                               ("top10_overlap", "top-10"), ("train_s", "train s"), ("eval_s_per_cell", "s/cell"),
+                               ("top10_overlap", "top-10"), ("train_s", "train s"), ("step_ms", "step ms"),
+                               ("cpu_step_ms", "CPU ms/step"), "cpu", ("train_load1", "load1 at end"),
+                               ("eval_s_per_cell", "s/cell"),
                                ("top_estimated_truth", "truth of top-estimated %"),
                                ("search_best_truth", "truth of search pick %"), ("search_evaluated", "evaluated")]),
             ""]

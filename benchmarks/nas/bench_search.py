@@ -6,6 +6,7 @@ Steps (each resumable; run them in order):
     python benchmarks/nas/bench_search.py train     # slimkit train: the four networks, same schedule
     /work/tools/cpujob exclusive -- python benchmarks/nas/bench_search.py latency   # interleaved, short
     python benchmarks/nas/bench_search.py report
+    python benchmarks/nas/bench_search.py plots     # redraw the committed search/*/pareto.png (latency axis = LUT estimate)
 
 The budget is the measured latency of the zoo's seesaw_net at width 0.5 (lut_check_*.json, from
 bench_lut.py: in eager PyTorch the zoo's seesaw_net is slower than mobilenet_v2 at equal width, so a
@@ -40,7 +41,7 @@ PY = sys.executable
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("action", choices=["search", "train", "latency", "report"])
+    p.add_argument("action", choices=["search", "train", "latency", "report", "plots"])
     p.add_argument("--data", default=os.path.join(DATA, "cifar10_train.npz"))
     p.add_argument("--test", default=os.path.join(DATA, "cifar10_test_dev.npz"))
     p.add_argument("--work", default="/tmp/slimkit_nas_search", help="data subset and runs (outside the repo)")
@@ -316,7 +317,18 @@ def report(args):
     print(text)
 
 
+def plots(args):
+    """Redraw pareto.png of the committed searches (OUT/search/evolution, OUT/search/random) from their
+    results.json: the x axis of the latency panel is the look-up-table ESTIMATE (the search times nothing)."""
+    from slimkit.nas.plots import replot
+
+    for name in ("evolution", "random"):
+        d = os.path.join(args.out, "search", name)
+        if os.path.exists(os.path.join(d, "results.json")):
+            print("wrote", replot(d))
+
+
 if __name__ == "__main__":
     a = parse()
-    step = {"search": search, "train": train, "latency": latency, "report": report}[a.action]
-    _cpu(a, a.action, step) if a.action != "report" else step(a)
+    step = {"search": search, "train": train, "latency": latency, "report": report, "plots": plots}[a.action]
+    _cpu(a, a.action, step) if a.action not in ("report", "plots") else step(a)

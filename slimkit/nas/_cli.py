@@ -122,7 +122,7 @@ def _lut(args, space, budget):
 
 
 def _write_outputs(args, result, lut):
-    from slimkit.report.plots import pareto_plot
+    from slimkit.nas.plots import _title, latency_label, points_from_results, search_pareto_plot
     from slimkit.report.table import format_table, to_markdown
 
     rows = sorted(result.history, key=lambda r: -r["accuracy"])
@@ -138,11 +138,10 @@ def _write_outputs(args, result, lut):
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"budget": result.budget, "rejected": result.rejected, "history": result.history}, f, indent=1)
     best = result.best
-    points = [{"label": "best" if r is best else "", "accuracy": r["accuracy"], "macs": r["macs"],
-               "latency_ms": r.get("latency_ms")} for r in rows]
-    pareto_plot(points, os.path.join(args.out, "pareto.png"),
-                title=f"slimkit search: {args.space}, {result.config.strategy}, budget {args.budget or 'none'}"
-                      + ("; latency = look-up-table estimate" if lut is not None else ""))
+    # latency_ms is the look-up-table estimate (nothing is timed whole), and the plot says so
+    search_pareto_plot(points_from_results(rows, best["spec"]), os.path.join(args.out, "pareto.png"),
+                       title=_title(args.space, result.config.strategy, args.budget, lut is not None),
+                       lat_label=latency_label(lut.runtime, lut.threads) if lut is not None else None)
     from slimkit.nas.space import parse_spec
 
     arch = parse_spec(best["spec"])

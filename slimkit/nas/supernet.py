@@ -106,7 +106,10 @@ class SupernetTrainer:
         self.di = DisturbanceImmune(self.optimizer, supernet, cfg.di)
         self.step_count = 0
         self.history = []  # one row per logged step
-        self.train_seconds = 0.0
+        self.train_seconds = 0.0  # wall time of the steps (perf_counter)
+        # process CPU time of the steps: with 1 thread the step cost even when the CPU is shared (wall time then
+        # also counts waiting); None when resumed from a checkpoint that predates it
+        self.train_cpu_seconds = 0.0
 
     def _batch(self, step):
         n, bs = len(self.y), self.config.batch_size
@@ -154,13 +157,15 @@ class SupernetTrainer:
         bar = tqdm(total=total, initial=self.step_count, desc="supernet", disable=not progress, leave=False)
         done = 0
         while self.step_count < total and (stop_after is None or done < stop_after):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for g in self.optimizer.param_groups:
                 g["lr"] = self._lr(self.step_count)
             arch = self.sampler(self.step_count)
             x, y = self._batch(self.step_count)
             loss = self.train_step(arch, x, y)
             self.train_seconds += time.perf_counter() - t0
+            if self.train_cpu_seconds is not None:
+                self.train_cpu_seconds += time.process_time() - c0
             self.history.append({"step": self.step_count, "loss": loss, "arch": arch.encode()})
             self.step_count += 1
             done += 1
@@ -179,7 +184,8 @@ class SupernetTrainer:
         # "optimizer", "epoch" and "rng" make it a valid slimkit training checkpoint (the DI state holds the optimizer)
         return {"model": self.supernet.state_dict(), "di": self.di.state_dict(), "step": self.step_count,
                 "optimizer": {}, "epoch": 0, "rng": get_rng_state(),
-                "history": self.history, "train_seconds": self.train_seconds, "config": asdict(self.config)}
+                "history": self.history, "train_seconds": self.train_seconds,
+                "train_cpu_seconds": self.train_cpu_seconds, "config": asdict(self.config)}
 
     def save(self):
         if not self.checkpoint_path:
@@ -206,4 +212,6 @@ class SupernetTrainer:
         self.step_count = int(state["step"])
         self.history = list(state["history"])
         self.train_seconds = float(state["train_seconds"])
+        cpu = state.get("train_cpu_seconds")
+        self.train_cpu_seconds = None if cpu is None else float(cpu)
         return True

@@ -141,3 +141,21 @@ def test_cli_search_writes_results_and_resumes(tiny_cifar, tmp_path, capsys):
     assert _search(tmp_path / "b", tiny_cifar, 2, "--resume") == 0
     hist = [json.loads((tmp_path / d / "search_state.json").read_text())["history"] for d in ("a", "b")]
     assert hist[0] == hist[1] and len(hist[0]) == 3 + 3
+
+
+def test_search_plot_labels_latency_as_the_lut_estimate(tmp_path):
+    """The search never times a whole network: its latency axis must not say "measured"."""
+    import matplotlib.pyplot as plt
+
+    from slimkit.nas.plots import latency_label, replot, search_figure
+
+    history = [{"spec": f"s{i}", "accuracy": 10.0 + i, "macs": 1e6 * (i + 1), "latency_ms": 1.0 + i} for i in range(4)]
+    fig = search_figure([{"label": "", **r} for r in history], "t", latency_label("eager", 1))
+    labels = [ax.get_xlabel() for ax in fig.axes]
+    plt.close(fig)
+    assert labels == ["MACs (millions)", "latency, look-up-table estimate (eager, 1 thr) (ms)"]
+    assert not any("measured" in lbl for lbl in labels)
+    (tmp_path / "results.json").write_text(json.dumps({"budget": {"latency_ms": 5.0}, "rejected": 0, "history": history}))
+    (tmp_path / "search_config.json").write_text(json.dumps({"space": "cell", "strategy": "evolution",
+                                                              "budget": "latency_ms=5", "runtime": "eager", "threads": 1}))
+    assert replot(str(tmp_path)) == str(tmp_path / "pareto.png") and (tmp_path / "pareto.png").stat().st_size > 0

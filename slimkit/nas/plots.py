@@ -1,0 +1,85 @@
+"""The search's accuracy-vs-cost plot.
+
+A search never times a whole network: its ``latency_ms`` is the look-up-table ESTIMATE (sum of per-block
+latencies measured alone, times the table's calibration scale), so the latency axis says so. The shared
+``slimkit.report.plots.pareto_plot`` labels its latency axis "measured latency", which is right for
+``slimkit compress`` (it times the networks) and wrong here; this module draws the same panels with the
+search's own labels and reuses its Pareto rule.
+"""
+import json
+import os
+
+
+def latency_label(runtime=None, threads=None):
+    """Axis label of LUT-estimated latency, naming the table's runtime and thread count when known."""
+    where = ", ".join(x for x in (runtime, f"{threads} thr" if threads else None) if x)
+    return f"latency, look-up-table estimate{f' ({where})' if where else ''} (ms)"
+
+
+def search_figure(points, title, lat_label=None):
+    """The matplotlib figure: one panel per cost present (MACs; LUT-estimated latency), Pareto points
+    joined. ``points``: dicts with label, accuracy (%), macs and/or latency_ms."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from slimkit.report.plots import _pareto
+
+    axes_keys = [(k, lbl) for k, lbl in (("macs", "MACs (millions)"), ("latency_ms", lat_label or latency_label()))
+                 if any(p.get(k) is not None for p in points)]
+    if not axes_keys:
+        raise ValueError("search plot: points need 'macs' or 'latency_ms' values")
+    fig, axes = plt.subplots(1, len(axes_keys), figsize=(6 * len(axes_keys), 4.5), squeeze=False)
+    for ax, (key, label) in zip(axes[0], axes_keys):
+        pts = [p for p in points if p.get(key) is not None and p.get("accuracy") is not None]
+        scale = 1e6 if key == "macs" else 1.0
+        for p in pts:
+            ax.scatter(p[key] / scale, p["accuracy"], s=30)
+            ax.annotate(p["label"], (p[key] / scale, p["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        front = sorted((pts[i] for i in _pareto(pts, key)), key=lambda p: p[key])
+        if len(front) > 1:
+            ax.plot([p[key] / scale for p in front], [p["accuracy"] for p in front], "k--", lw=0.8, label="Pareto front")
+            ax.legend(fontsize=8)
+        ax.set_xlabel(label)
+        ax.set_ylabel("accuracy in the supernet (%)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def search_pareto_plot(points, path, title, lat_label=None):
+    """Write :func:`search_figure` as a PNG; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig = search_figure(points, title, lat_label)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def points_from_results(history, best_spec=None):
+    """Plot points from a search's ``results.json`` history (the best one labelled)."""
+    return [{"label": "best" if best_spec is not None and r["spec"] == best_spec else "", "accuracy": r["accuracy"],
+             "macs": r.get("macs"), "latency_ms": r.get("latency_ms")} for r in history]
+
+
+def replot(out_dir):
+    """Redraw ``out_dir/pareto.png`` of a finished ``slimkit search`` from its results.json and
+    search_config.json (no training, no timing). Returns the path."""
+    def load(name):
+        with open(os.path.join(out_dir, name)) as f:
+            return json.load(f)
+
+    res, cfg = load("results.json"), load("search_config.json")
+    best = max(res["history"], key=lambda r: r["accuracy"])["spec"] if res["history"] else None  # = SearchResult.best
+    has_lat = any(r.get("latency_ms") is not None for r in res["history"])
+    return search_pareto_plot(points_from_results(res["history"], best), os.path.join(out_dir, "pareto.png"),
+                              title=_title(cfg["space"], cfg["strategy"], cfg.get("budget"), has_lat),
+                              lat_label=latency_label(cfg.get("runtime"), cfg.get("threads")))
+
+
+def _title(space, strategy, budget, has_latency):
+    return (f"slimkit search: {space}, {strategy}, budget {budget or 'none'}"
+            + ("; latency = look-up-table estimate, not timed" if has_latency else ""))
