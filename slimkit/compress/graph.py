@@ -16,6 +16,7 @@ or a padding whose amounts live in code are *fixed*. Surgery (``surgery.py``) sl
 and buffer along each dim by the kept elements, on a copy of the user's own modules.
 """
 import fnmatch
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -193,6 +194,20 @@ def _meta_shape(v):
 
 def _prod(xs):
     return int(math.prod(int(x) for x in xs))
+
+
+def _tracked_input(handler):
+    """An op handler whose first argument is a tensor: called as ``handler(self, node, x)`` with that
+    tensor's Val; when it is not tracked the op's result is untracked and the handler is not called."""
+
+    @functools.wraps(handler)
+    def visit(self, node):
+        x = self._val(node.args[0])
+        if x is None:
+            return self._untracked(node)
+        return handler(self, node, x)
+
+    return visit
 
 
 class ChannelGraph:
@@ -471,15 +486,20 @@ class ChannelGraph:
         vals = [Val(s, list(tracks)) for s in shapes]
         return vals if isinstance(out, (tuple, list)) else vals[0]
 
-    def _dim_op(self, node):
-        x = self._val(node.args[0])
-        if x is None:
-            return self._untracked(node)
-        d = node.args[1] % len(x.shape)
+    def _off_dims(self, x, dims):
+        """The tracks of ``x`` that cover none of ``dims``; those that do are fixed (an op along a channel
+        dim couples its channels)."""
+        keep = []
         for t in x.tracks:
-            if d in t.dims:
+            if set(t.dims) & set(dims):
                 self._fix_grid(t.grid)
-        return Val(x.shape, [t for t in x.tracks if d not in t.dims])
+            else:
+                keep.append(t)
+        return keep
+
+    @_tracked_input
+    def _dim_op(self, node, x):
+        return Val(x.shape, self._off_dims(x, [node.args[1] % len(x.shape)]))
 
     def _pool(self, node):
         x = self._val(node.args[0])
@@ -568,18 +588,14 @@ class ChannelGraph:
             tracks.append(Track(tuple(sorted(nd)), np.transpose(t.grid, order) if t.grid.ndim > 1 else t.grid))
         return Val(oshape, tracks)
 
-    def _op_permute(self, node):
-        x = self._val(node.args[0])
-        if x is None:
-            return self._untracked(node)
+    @_tracked_input
+    def _op_permute(self, node, x):
         rank = len(x.shape)
         perm = [p % rank for p in node.args[1]]
         return self._permute(x, perm, _meta_shape(node.meta["val"]))
 
-    def _op_transpose(self, node):
-        x = self._val(node.args[0])
-        if x is None:
-            return self._untracked(node)
+    @_tracked_input
+    def _op_transpose(self, node, x):
         rank = len(x.shape)
         d0, d1 = node.args[1] % rank, node.args[2] % rank
         perm = list(range(rank))
@@ -588,10 +604,8 @@ class ChannelGraph:
 
     _op_swapaxes = _op_transpose
 
-    def _op_t(self, node):
-        x = self._val(node.args[0])
-        if x is None:
-            return self._untracked(node)
+    @_tracked_input
+    def _op_t(self, node, x):
         perm = [1, 0] if len(x.shape) == 2 else [0]
         return self._permute(x, perm, _meta_shape(node.meta["val"]))
 
@@ -599,10 +613,8 @@ class ChannelGraph:
         x = self._val(node.args[0])
         return self._permute(x, list(range(len(x.shape)))[::-1], _meta_shape(node.meta["val"]))
 
-    def _op_expand(self, node):
-        x = self._val(node.args[0])
-        if x is None:
-            return self._untracked(node)
+    @_tracked_input
+    def _op_expand(self, node, x):
         oshape = _meta_shape(node.meta["val"])
         off = len(oshape) - len(x.shape)
         return Val(oshape, [Track(tuple(d + off for d in t.dims), t.grid) for t in x.tracks])
@@ -610,10 +622,8 @@ class ChannelGraph:
     _op_expand_as = _op_expand
     _op_broadcast_to = _op_expand
 
-    def _op_repeat(self, node):
-        x = self._val(node.args[0])
-        if x is None:
-            return self._untracked(node)
+    @_tracked_input
+    def _op_repeat(self, node, x):
         reps = list(node.args[1])
         oshape = _meta_shape(node.meta["val"])
         off = len(reps) - len(x.shape)
@@ -625,10 +635,8 @@ class ChannelGraph:
                 tracks.append(Track(tuple(d + off for d in t.dims), t.grid))
         return Val(oshape, tracks)
 
-    def _op_select(self, node):
-        x = self._val(node.args[0])
-        if x is None:
-            return self._untracked(node)
+    @_tracked_input
+    def _op_select(self, node, x):
         rank = len(x.shape)
         d, idx = node.args[1] % rank, node.args[2]
         return Val(_meta_shape(node.meta["val"]), self._select_tracks(x, d, idx))
@@ -647,22 +655,14 @@ class ChannelGraph:
                 tracks.append(Track(tuple(e - (e > d) for e in t.dims), t.grid))
         return self._normalize(tracks)
 
-    def _op_slice(self, node):
-        x = self._val(node.args[0])
-        if x is None:
-            return self._untracked(node)
+    @_tracked_input
+    def _op_slice(self, node, x):
         rank = len(x.shape)
         d = (node.args[1] if len(node.args) > 1 else 0) % rank
         oshape = _meta_shape(node.meta["val"])
         if oshape == x.shape:
             return Val(oshape, list(x.tracks))
-        tracks = []
-        for t in x.tracks:
-            if d in t.dims:
-                self._fix_grid(t.grid)
-            else:
-                tracks.append(t)
-        return Val(oshape, tracks)
+        return Val(oshape, self._off_dims(x, [d]))
 
     def _op_narrow(self, node):
         return self._op_slice(node)
@@ -734,18 +734,9 @@ class ChannelGraph:
             tracks.append(Track(tuple(d if d < pos[0] else d - len(pos) + extra for d in t.dims), t.grid))
         return Val(oshape, tracks)
 
-    def _op_index_select(self, node):
-        x = self._val(node.args[0])
-        if x is None:
-            return self._untracked(node)
-        d = node.args[1] % len(x.shape)
-        tracks = []
-        for t in x.tracks:
-            if d in t.dims:
-                self._fix_grid(t.grid)
-            else:
-                tracks.append(t)
-        return Val(_meta_shape(node.meta["val"]), tracks)
+    @_tracked_input
+    def _op_index_select(self, node, x):
+        return Val(_meta_shape(node.meta["val"]), self._off_dims(x, [node.args[1] % len(x.shape)]))
 
     def _op_cat(self, node):
         parts = [p for p in node.args[0] if isinstance(p, torch.fx.Node)]
@@ -1119,10 +1110,7 @@ class ChannelGraph:
         if len(shape) == 1:
             self._norm_params(node, x, rank - 1, params)
         else:
-            for t in x.tracks:
-                if set(t.dims) & set(normed):
-                    self._fix_grid(t.grid)
-            return Val(x.shape, [t for t in x.tracks if not set(t.dims) & set(normed)])
+            return Val(x.shape, self._off_dims(x, normed))
         return Val(x.shape, list(x.tracks))
 
     def _op_layer_norm(self, node):
