@@ -49,7 +49,8 @@ class DistillConfig(PassConfig):
     relative to the mean diagonal of each Gram matrix; views: random crops/flips per image for the layer
     solves; bnrecal: re-estimate BatchNorm statistics after the layer stage; steps/lr/batch_size: the
     function-matching fine-tune (SGD one-cycle, peak lr); temperature: of the KL; features: weight of the
-    penultimate-feature MSE; mix: mixup/cutmix between the images; flip: horizontal flips (``auto``: when the
+    penultimate-feature MSE; crop: the function-matching views' crop (``shift``: padded shift, ``resized``: random-
+    resized crop); mix: mixup/cutmix between the images; flip: horizontal flips (``auto``: when the
     teacher says mirrored images keep their class)."""
 
     name = "distill"
@@ -70,6 +71,7 @@ class DistillConfig(PassConfig):
     temperature: float = 1.0
     features: float = 0.0
     feature_at: Literal["penultimate", "blocks"] = "penultimate"
+    crop: Literal["shift", "resized", "none"] = "shift"
     mix: Literal["none", "mixup", "cutmix", "both"] = "both"
     flip: Literal["auto", "on", "off"] = "auto"
     seed: int = 0
@@ -487,7 +489,7 @@ def distill(model, example_inputs, config, context=None):
         recalibrate(student, X, flip=flip, seed=config.seed)
     settings = MatchSettings(steps=config.steps, batch_size=config.batch_size, lr=config.lr,
                              temperature=config.temperature, features=config.features,
-                             feature_at=config.feature_at, flip=flip, mix=config.mix)
+                             feature_at=config.feature_at, crop=config.crop, flip=flip, mix=config.mix)
     function_matching(student, reference, X, settings, torch.Generator().manual_seed(config.seed),
                       progress=context.progress)
     student.requires_grad_(True)

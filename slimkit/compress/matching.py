@@ -25,7 +25,7 @@ class MatchSettings:
     temperature: float = 1.0
     features: float = 0.0  # weight of the feature MSE (each term relative to the teacher's feature energy)
     feature_at: str = "penultimate"  # "penultimate": the classifier's input; "blocks": every residual block's output
-    crop: bool = True
+    crop: object = True  # True/"shift", "resized" or False/"none" (see views.random_views)
     flip: bool = True
     mix: str = "both"
     alpha: float = 1.0

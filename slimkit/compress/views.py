@@ -1,7 +1,7 @@
 """Augmented views of a few images, shared by the recovery passes (BN recalibration, distillation, synthesis).
 
 ``random_views(x, gen, crop=True, flip=True)``: per image, a random shift of up to 1/8 of the size (zero-padded
-crop) and a random horizontal flip. ``mix(x, gen, mode)``: mixup or cutmix between images of the batch (a random
+crop; ``crop="resized"``: a random-resized crop instead) and a random horizontal flip. ``mix(x, gen, mode)``: mixup or cutmix between images of the batch (a random
 partner each). Non-image inputs (not 4-D) pass through unchanged. ``flip_safe(teacher, x)`` decides whether
 horizontal flips keep the data's meaning, by asking the teacher (digits and text change class when mirrored).
 """
@@ -11,14 +11,21 @@ import torch.nn.functional as F
 MIX_MODES = ("none", "mixup", "cutmix", "both")
 
 
+CROP_MODES = ("none", "shift", "resized")
+
+
 def random_views(x, gen, crop=True, flip=True):
+    """``crop``: True/"shift" (zero-padded shift), "resized" (random-resized crop, see ``resized_crops``), or
+    False/"none"."""
     if x.dim() != 4:
         return x
     n, _, h, w = x.shape
     if flip:
         mask = torch.rand(n, generator=gen) < 0.5
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
-    if crop:
+    if crop == "resized":
+        return resized_crops(x, gen)
+    if crop and crop != "none":
         ph, pw = max(1, h // 8), max(1, w // 8)
         padded = F.pad(x, (pw, pw, ph, ph))
         di = torch.randint(0, 2 * ph + 1, (n,), generator=gen)
@@ -28,6 +35,23 @@ def random_views(x, gen, crop=True, flip=True):
         cols = (dj[:, None] + torch.arange(w)[None])[:, None, None, :].expand(n, x.shape[1], h, w)
         x = x.gather(3, cols)
     return x
+
+
+def resized_crops(x, gen, min_area=0.35, max_log_ratio=0.2877, max_area=1.0):
+    """Per image, a random box of ``min_area``..1 of the area and aspect ratio exp(+-max_log_ratio) (3/4..4/3),
+    resized back to the full size by bilinear sampling: the inception crop scaled down to small images, the
+    stronger view that function matching uses (Beyer et al. 2022)."""
+    n = len(x)
+    area = min_area + (max_area - min_area) * torch.rand(n, generator=gen)
+    ratio = torch.exp((2 * torch.rand(n, generator=gen) - 1) * max_log_ratio)
+    sx = (area * ratio).sqrt().clamp(max=1.0)  # box width / image width
+    sy = (area / ratio).sqrt().clamp(max=1.0)
+    tx = (2 * torch.rand(n, generator=gen) - 1) * (1 - sx)  # box centre, in [-1, 1] coordinates
+    ty = (2 * torch.rand(n, generator=gen) - 1) * (1 - sy)
+    theta = torch.zeros(n, 2, 3, dtype=x.dtype)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, tx, sy, ty
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def mix(x, gen, mode="both", alpha=1.0):
