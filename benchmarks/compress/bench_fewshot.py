@@ -59,18 +59,23 @@ ROWS = {
     # the same recipes on other seeded draws of the K-shot images (spread)
     "main_s1": (MAIN, 10, "default recipe, image draw seed 1", 1),
     "main_s2": (MAIN, 10, "default recipe, image draw seed 2", 2),
-    "feat_blocks_s1": ("prune(macs=0.5,coupled=false),distill(features=1,feature_at=blocks),fold", 10,
-                       "block-output MSE, image draw seed 1", 1),
-    "feat_blocks_s2": ("prune(macs=0.5,coupled=false),distill(features=1,feature_at=blocks),fold", 10,
-                       "block-output MSE, image draw seed 2", 2),
+    "feat3_blocks_s1": ("prune(macs=0.5,coupled=false),distill(features=3,feature_at=blocks),fold", 10,
+                        "block-output MSE weight 3, image draw seed 1", 1),
+    "feat3_blocks_s2": ("prune(macs=0.5,coupled=false),distill(features=3,feature_at=blocks),fold", 10,
+                        "block-output MSE weight 3, image draw seed 2", 2),
+    "feat10_blocks": ("prune(macs=0.5,coupled=false),distill(features=10,feature_at=blocks),fold", 10,
+                      "block-output MSE, weight 10"),
     "round8": ("prune(macs=0.5,coupled=false,round_to=8),distill,fold", 10,
                "kept channels rounded to multiples of 8 (vector width of the CPU kernels)"),
     "synth1024_feat": ("synth(n=1024,iters=100),prune(macs=0.5,coupled=false),distill(features=1,feature_at=blocks),fold",
                        10, "+ 1,024 synthetic images and block-output MSE: does more data close the gap?"),
+    "drop_feat3": ("drop(blocks=2),prune(macs=0.6,coupled=false),distill(features=3,feature_at=blocks),fold", 10,
+                   "block dropping + pruning, block-output MSE weight 3"),
     "patient": ("prune(macs=0.5,coupled=false),distill(steps=5000),fold", 10,
                 "longer function matching (5000 steps): does patience pay?"),
     "abl_nostage2": ("prune(macs=0.5,coupled=false),distill(steps=0),fold", 10, "ablation: layer-wise stage only"),
     "pq": ("pq(sub_dim=2,k=8,ec_iters=4)", 10, "pq with codeword fine-tune"),
+    "pq_feat3": ("pq(sub_dim=2,k=8,ec_iters=4,features=3)", 10, "pq, codeword fine-tune with block-output MSE weight 3"),
     "pq_noft": ("pq(sub_dim=2,k=8,ec_iters=4,steps=0)", 10, "pq, error correction only"),
     "int8": ("int8", 10, "ONNX Runtime static int8"),
 }
@@ -257,7 +262,7 @@ def cmd_run(args):
 
 def cmd_latency(args):
     """Interleaved latency of the saved models vs the checkpoint: eager (BatchNorm folded where the recipe did)
-    and ONNX Runtime, batch 1 and 64. Run under `cpujob exclusive`."""
+    and ONNX Runtime, batch 1 and 64. Run it with the machine otherwise idle (pause other jobs)."""
     from slimkit.compress import compress
     from slimkit.compress._latency import interleaved_latency
     from slimkit.compress.int8 import OrtModule

@@ -66,8 +66,10 @@ def _feature_hooks(student, teacher, s):
     if s.features <= 0:
         return _Grab({}), _Grab({})
     if s.feature_at == "blocks":
-        t_names = set(block_names(teacher))
-        names = [n for n in block_names(student) if n in t_names]
+        # the teacher's blocks, found by name in the student: a student whose layers were replaced (pq, lowrank)
+        # keeps its block names; a block dropped to an identity has nothing to match
+        mods = dict(student.named_modules())
+        names = [n for n in block_names(teacher) if n in mods and not isinstance(mods[n], torch.nn.Identity)]
         return (_Grab({n: student.get_submodule(n) for n in names}),
                 _Grab({n: teacher.get_submodule(n) for n in names}))
     ls, lt = last_linear(student), last_linear(teacher)

@@ -35,7 +35,8 @@ class PQConfig(PassConfig):
     """sub_dim: input channels per subspace (C's); k: codewords per subspace (<= 256).
     ec_iters: error-correction sweeps (0 = plain k-means PQ; every image position of the data is
     used through the response statistics); lut: linear layers use the lookup-table path; steps/lr:
-    codeword fine-tune by function matching on the few-shot data (skipped without data)."""
+    codeword fine-tune by function matching on the few-shot data (skipped without data); features: weight of
+    the teacher's block outputs in it."""
 
     name = "pq"
     lossless = False
@@ -46,6 +47,7 @@ class PQConfig(PassConfig):
     codebook_dtype: Literal["float16", "float32"] = "float16"
     lut: bool = True
     steps: int = 1000  # codeword fine-tune by function matching (needs data; 0 = none)
+    features: float = 0.0  # weight of the block-output MSE in that fine-tune (see distill)
     lr: float = 1e-4  # Adam: a codeword's gradient sums over every weight that uses it, so SGD steps blew up
     seed: int = 0
 
@@ -355,6 +357,7 @@ def _finetune_codewords(student, teacher, context, config, X, gen):
     from slimkit.compress.views import flip_safe
 
     teacher = teacher.eval()
-    settings = MatchSettings(steps=config.steps, lr=config.lr, flip=flip_safe(teacher, X), optimizer="adam")
+    settings = MatchSettings(steps=config.steps, lr=config.lr, flip=flip_safe(teacher, X), optimizer="adam",
+                             features=config.features, feature_at="blocks")
     function_matching(student, teacher, X, settings, gen, progress=context.progress, desc="pq")
     student.requires_grad_(True)
