@@ -12,7 +12,8 @@ importance criteria, samplers, latency runtimes and the per-module-type tables o
     class QSGD(Compressor): ...
 
 ``get(name)`` returns what was registered (a ``Plugin(config, fn)`` for a config plug-in), ``names()``
-lists them, ``create("qsgd(bits=4)", *args)`` parses a spec in the option grammar below and builds it.
+lists them, ``create("qsgd(bits=4)", *args)`` parses a spec in the option grammar below and builds it;
+``to_dict(config)`` / ``from_dict(data)`` round-trip a config as ``{"name", "version", "options"}``.
 A duplicate name raises; an unknown one raises ``ValueError("unknown <kind> 'x'; known <kinds>: a, b")``.
 
 Option grammar (the recipe grammar, slimkit.compress.recipe; whitespace ignored)::
@@ -159,6 +160,19 @@ class Registry:
         except TypeError as err:  # e.g. alpha=nan parsed as a string and compared with a number
             raise OptionError(f"{self.kind} {name!r}: bad option value in {parsed}: {err}") from err
 
+    def from_dict(self, data, /, *args):
+        """Build a plug-in back from :func:`to_dict`'s form (``{"name", "version", "options"}``, read from
+        JSON or YAML: lists come back as tuples). A version newer than the plug-in's raises."""
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            raise ValueError(f"a {self.kind} config is a mapping with 'name', 'version' and 'options', got {data!r}")
+        name = data["name"]
+        entry = self.get(name)
+        known = getattr(entry.config if isinstance(entry, Plugin) else entry, "version", CONFIG_VERSION)
+        version = data.get("version", CONFIG_VERSION)
+        if not isinstance(version, int) or version > known:
+            raise ValueError(f"{self.kind} {name!r} config has version {version!r}; this slimkit reads up to {known}")
+        return self.create(name, *args, **_tuples(dict(data.get("options") or {})))
+
 
 def _is_config(key):
     return isinstance(key, type) and dataclasses.is_dataclass(key)
@@ -240,17 +254,24 @@ def parse_spec(spec: str, kind: str = "plug-in"):
     if not m:
         split_top(text)  # an unbalanced bracket is the likelier mistake: say so
         raise ValueError(f"cannot parse {kind} {text!r}; expected NAME or NAME(FIELD=VALUE, ...)")
-    name, args = m.group(1), (m.group(2) or "").strip()
+    name = m.group(1)
+    return name, parse_options(m.group(2) or "", f"{kind} {name!r}")
+
+
+def parse_options(text: str, what: str = "options") -> dict:
+    """The inside of a spec's parentheses, ``"FIELD=VALUE, ..."`` -> ``{FIELD: value}`` (``""`` -> ``{}``);
+    the command line's ``--optim-opts``/``--sampler-opts`` are this. ``what`` names them in errors."""
     options = {}
-    for arg in split_top(args) if args else []:
+    text = text.strip()
+    for arg in split_top(text) if text else []:
         key, eq, val = arg.partition("=")
         if not eq or not key.strip() or not val.strip():
-            raise ValueError(f"argument {arg!r} of {kind} {name!r} is not FIELD=VALUE")
+            raise ValueError(f"argument {arg!r} of {what} is not FIELD=VALUE")
         try:
             options[key.strip()] = parse_value(val.strip())
         except ValueError as err:
-            raise ValueError(f"argument {key.strip()!r} of {kind} {name!r}: {err}") from None
-    return name, options
+            raise ValueError(f"argument {key.strip()!r} of {what}: {err}") from None
+    return options
 
 
 def format_value(value) -> str:
@@ -272,6 +293,27 @@ def format_value(value) -> str:
 
 
 # -- typed configs ---------------------------------------------------------------------------------------
+CONFIG_VERSION = 1  # of to_dict's form; a plug-in class may carry its own ``version`` ClassVar
+
+
+def to_dict(config) -> dict:
+    """A typed plug-in config as plain data, ``{"name": ..., "version": ..., "options": {field: value}}``
+    with every field; ``Registry.from_dict`` builds it back (also after a JSON or YAML round trip)."""
+    if not _is_config(type(config)) or not getattr(config, "name", ""):
+        raise TypeError(f"expected a plug-in config dataclass with a `name`, got {type(config).__name__}")
+    return {"name": config.name, "version": getattr(config, "version", CONFIG_VERSION),
+            "options": {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}}
+
+
+def _tuples(value):
+    """Lists (JSON and YAML have no tuples) as tuples, in dicts too; the grammar's values have no lists."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
 def coerce(cls, field, value, *, name=None):
     """Check/convert ``value`` against the dataclass field's type annotation; ValueError if it does not fit."""
     hints = typing.get_type_hints(cls)

@@ -129,3 +129,35 @@ def test_bad_specs_say_why(spec, needle):
 def test_spec_names_and_options():
     assert parse_spec(" sgd-g2 ") == ("sgd-g2", {})
     assert parse_spec("ecq(bits=2, beta=0.5, norm=max)") == ("ecq", {"bits": 2, "beta": 0.5, "norm": "max"})
+
+
+def test_configs_round_trip_through_dict_json_and_yaml_with_a_version():
+    import json
+
+    import yaml
+
+    from slimkit.compress.base import PASSES
+    from slimkit.registry import to_dict
+
+    cfg = PASSES.create("prune(macs=0.5, exclude=('fc', 'stem'))")
+    d = to_dict(cfg)
+    assert d["name"] == "prune" and d["version"] == 1 and d["options"]["exclude"] == ("fc", "stem")
+    assert list(d["options"]) == [f.name for f in __import__("dataclasses").fields(cfg)]  # every field, defaults too
+    for loaded in (d, json.loads(json.dumps(d)), yaml.safe_load(yaml.safe_dump(d))):  # lists back to tuples
+        assert PASSES.from_dict(loaded) == cfg
+    with pytest.raises(ValueError, match="config has version 2; this slimkit reads up to 1"):
+        PASSES.from_dict({**d, "version": 2})
+    with pytest.raises(ValueError, match="unknown pass 'nope'"):
+        PASSES.from_dict({"name": "nope", "options": {}})
+    with pytest.raises(TypeError, match="plug-in config dataclass"):
+        to_dict(object())
+
+
+def test_option_lists_are_the_inside_of_a_spec():
+    from slimkit.registry import parse_options
+
+    assert parse_options("momentum=0.9, betas=(0.9, 0.99), name='a,b'") == parse_spec(
+        "sgd(momentum=0.9, betas=(0.9, 0.99), name='a,b')")[1] == {"momentum": 0.9, "betas": (0.9, 0.99), "name": "a,b"}
+    assert parse_options("  ") == {}
+    with pytest.raises(ValueError, match="argument 'x' of --optim-opts is not FIELD=VALUE"):
+        parse_options("x", "--optim-opts")

@@ -13,21 +13,22 @@ import sys
 _OPTIONS = [
     ("--model", "model", str, "zoo model name (slimkit.models.list_models()), pkg.module:function, "
                               "path/file.py:function or hf:DIR"),
-    ("--model-opts", "model_options", str, "model builder options k=v,k=v, e.g. spec=OUT/best_spec.json for "
+    ("--model-opts", "model_options", str, "model builder options FIELD=VALUE,..., e.g. spec=OUT/best_spec.json for "
                                           "--model nas (slimkit search)"),
     ("--data", "data", str, "data set spec for slimkit.data.load_dataset, e.g. digits or cifar10:PATH"),
     ("--epochs", "epochs", int, "number of epochs"),
     ("--batch-size", "batch_size", int, "mini-batch size per process"),
     ("--lr", "lr", float, "learning rate"),
     ("--optim", "optimizer", str, "optimizer name (slimkit.train.optim.list_optimizers())"),
-    ("--optim-opts", "optimizer_options", str, "optimizer options k=v,k=v (values parsed as YAML scalars)"),
+    ("--optim-opts", "optimizer_options", str, "optimizer options FIELD=VALUE,... in the option grammar of recipes, "
+                                                "e.g. momentum=0.9,nesterov=true,betas=(0.9,0.99)"),
     ("--lr-schedule", "lr_schedule", str, "none | cosine | step"),
     ("--loss", "loss", str, "ce | mse | huber"),
     ("--grad-clip", "grad_clip", float, "clip the global gradient L2 norm to this value"),
     ("--on-nonfinite", "on_nonfinite", str, "NaN/Inf loss or gradients: raise (stop, the default) | skip (drop the "
                                             "step, counted in the log)"),
     ("--sampler", "sampler", str, "mini-batch sampler name (slimkit.train.sampling)"),
-    ("--sampler-opts", "sampler_options", str, "sampler options k=v,k=v"),
+    ("--sampler-opts", "sampler_options", str, "sampler options FIELD=VALUE,..., e.g. mixture=0.3,period=5"),
     ("--memory-budget", "memory_budget", str, "training memory budget, e.g. 2GB or 512MiB"),
     ("--compress", "compress", str, "gradient compressor for DDP runs, e.g. 'ecq(bits=2)'"),
     ("--seed", "seed", int, "random seed"),
@@ -57,18 +58,69 @@ def add_arguments(parser):
 
 
 def parse_options(text, what="--optim-opts"):
-    """'momentum=0.9,nesterov=true' -> {'momentum': 0.9, 'nesterov': True}."""
-    import yaml
+    """'momentum=0.9,nesterov=true' -> {'momentum': 0.9, 'nesterov': True}: the inside of a spec's parentheses
+    in slimkit's option grammar (slimkit.registry, as in recipes and ``--optim 'sgd(momentum=0.9)'``).
 
+    Before, these flags read each value as a YAML scalar. Where YAML reads a value as something other than
+    a string and the grammar reads it otherwise (yes/no/on/off, ~, an empty value, [lists], dates), or the
+    text is not in the grammar at all (a trailing comma), the YAML reading is kept, with a DeprecationWarning
+    saying how to write it. A value YAML read as a string and the grammar as a number or none (1e-3, nan,
+    none) takes the grammar's reading: no option wanted those strings."""
     if isinstance(text, dict):
         return dict(text)
+    from slimkit.registry import parse_options as parse_grammar
+
+    text = str(text)
+    legacy, legacy_error = _yaml_options(text, what)
+    try:
+        options = parse_grammar(text, what)
+    except ValueError as err:
+        if legacy is None:
+            raise ValueError(f"{legacy_error or err}; expected FIELD=VALUE pairs separated by commas, VALUE: "
+                             f"int, float, true/false, none, 'string', (tuple) or word") from None
+        _warn_yaml(what, text, f"is not in slimkit's option grammar ({err})")
+        return legacy
+    for key, value in (legacy or {}).items():
+        new = options.get(key, _MISSING)
+        if not isinstance(value, str) and not (type(new) is type(value) and new == value):
+            _warn_yaml(what, f"{key}={value!r}", f"reads {new!r} in slimkit's option grammar; write "
+                                                 f"{key}={_grammar_text(value)}")
+            options[key] = value
+    return options
+
+
+_MISSING = object()
+
+
+def _yaml_options(text, what):
+    """The old reading (comma-separated key=value, each value a YAML scalar): (options, None) or (None, error)."""
+    import yaml
+
     out = {}
-    for item in filter(None, (s.strip() for s in str(text).split(","))):
+    for item in filter(None, (s.strip() for s in text.split(","))):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"bad {what} item {item!r}; expected key=value pairs separated by commas")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+            return None, f"bad {what} item {item!r}"
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return None, f"bad {what} item {item!r}"
+    return out, None
+
+
+def _grammar_text(value):
+    from slimkit.registry import format_value
+
+    if isinstance(value, list):
+        value = tuple(value)
+    return format_value(value) if isinstance(value, (bool, int, float, tuple, type(None))) else repr(str(value))
+
+
+def _warn_yaml(what, text, why):
+    import warnings
+
+    warnings.warn(f"{what} {text} {why}; its YAML reading is used for now and will stop working",
+                  DeprecationWarning, stacklevel=4)
 
 
 def resolve_settings(args) -> dict:

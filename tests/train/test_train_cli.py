@@ -115,3 +115,35 @@ def test_nproc_relaunches_under_torchrun(fake_zoo, monkeypatch, tmp_path):
     assert "--nproc" not in rest
     assert rest == ["--model", "tiny-test", "--data", "toy", "--epochs", "1", "--compress", "ecq(bits=2)",
                     "--out", str(tmp_path), "--resume"]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("momentum=0.8,nesterov=true", {"momentum": 0.8, "nesterov": True}),
+    ("momentum=0.8, nesterov=True", {"momentum": 0.8, "nesterov": True}),
+    ("betas=(0.9, 0.99), eps=1e-8", {"betas": (0.9, 0.99), "eps": 1e-8}),  # tuples and 1e-8: new in the grammar
+    ("shrink=average,name='a,b',num_draws=none", {"shrink": "average", "name": "a,b", "num_draws": None}),
+    ("", {}),
+])
+def test_option_flags_use_the_recipe_grammar(text, expected, recwarn):
+    from slimkit.registry import parse_spec
+
+    assert _cli.parse_options(text) == expected
+    assert parse_spec(f"sgd({text})") == ("sgd", expected)  # the same reading as --optim 'sgd(...)'
+    assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning)]
+
+
+@pytest.mark.parametrize("text, expected, advice", [
+    ("nesterov=yes", {"nesterov": True}, "write nesterov=true"),
+    ("init=~", {"init": None}, "write init=none"),
+    ("betas=[0.9]", {"betas": [0.9]}, "write betas=(0.9,)"),
+    ("momentum=0.9,", {"momentum": 0.9}, "not in slimkit's option grammar"),
+])
+def test_option_flags_keep_the_old_yaml_readings_with_a_deprecation_warning(text, expected, advice):
+    with pytest.warns(DeprecationWarning, match=advice.replace("(", r"\(").replace(")", r"\)")):
+        assert _cli.parse_options(text, "--optim-opts") == expected
+
+
+def test_option_flags_name_the_bad_item():
+    with pytest.raises(ValueError, match="bad --sampler-opts item 'mixture'.*FIELD=VALUE"):
+        _cli.parse_options("mixture", "--sampler-opts")
+    assert _cli.parse_options({"momentum": 0.5}) == {"momentum": 0.5}  # a YAML mapping in --config stays as is
