@@ -160,9 +160,9 @@ class Auto(Compressor):
         self.choices: dict = {}  # bucket key -> (choice, predicted seconds of every option)
         self.history: list = []  # (hook call, bucket key, choice) whenever a choice changes
 
-    def options(self):
-        return {"candidates": tuple(self.candidates), "margin": self.margin, "refresh": self.refresh,
-                "link_rate": self.link_rate, "fp16": self.fp16}
+    def config(self):
+        """The candidates as the compressors they resolved to (their repr, every option spelt out)."""
+        return {**super().config(), "candidates": tuple(self.candidates)}
 
     def bind(self, rank):
         for c in self.candidates.values():

@@ -4,6 +4,8 @@ The payload is exactly what goes on the wire, so ``payload.numel()`` is the real
 ``segments`` names the parameters a flat bucket is made of (name, numel); stateful compressors
 (error feedback) key their buffers by parameter name so they survive DDP's bucket rebuild.
 """
+import functools
+import inspect
 import math
 from typing import ClassVar, Optional, Sequence
 
@@ -12,10 +14,47 @@ import torch
 Segments = Optional[Sequence[tuple[str, int]]]
 
 
+def _records_arguments(init):
+    """Wrap ``__init__`` so the outermost call keeps its arguments (defaults filled in, ``**kwargs``
+    merged) as the compressor's config: what ``options()``, ``repr`` and ``to_dict()`` derive from."""
+    sig = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapped(self, *args, **kwargs):
+        if "_config" not in self.__dict__:  # a subclass's super().__init__ does not overwrite it
+            try:
+                bound = sig.bind(self, *args, **kwargs)
+            except TypeError:
+                return init(self, *args, **kwargs)  # let the constructor raise its own error
+            bound.apply_defaults()
+            config = {}
+            for pname, param in list(sig.parameters.items())[1:]:
+                if param.kind is param.VAR_KEYWORD:
+                    config.update(bound.arguments.get(pname, {}))
+                elif param.kind is not param.VAR_POSITIONAL:
+                    config[pname] = bound.arguments[pname]
+            self._config = config
+        return init(self, *args, **kwargs)
+
+    return wrapped
+
+
 class Compressor:
+    """A gradient compressor. Its options are its constructor's arguments: ``config()`` returns them,
+    ``options()`` (and so ``repr``) leaves out ``RUN_OPTIONS``, which do not change what a checkpoint's
+    state means, and ``to_dict()`` is the form ``COMPRESSORS.from_dict`` builds back and checkpoints store."""
+
     name: ClassVar[str] = ""
     fixed_size: ClassVar[bool] = True  # same payload size for the same numel (no size exchange needed)
+    version: ClassVar[int] = 1  # of to_dict's options
+    RUN_OPTIONS: ClassVar[tuple] = ("seed", "nonfinite")
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _records_arguments(cls.__dict__["__init__"])
+
+    @_records_arguments
     def __init__(self, seed: int = 0, nonfinite: str = "raise"):
         if nonfinite not in ("raise", "skip"):
             raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
@@ -69,8 +108,23 @@ class Compressor:
         self.generator.set_state(state["generator"])
         self.skipped = int(state.get("skipped", 0))
 
+    def config(self) -> dict:
+        """The constructor's arguments, defaults filled in. A compressor that resolves some of them in its
+        constructor (a default that depends on another option) overrides this to give the resolved values."""
+        return dict(self.__dict__.get("_config", {}))
+
     def options(self) -> dict:
-        return {}
+        return {k: v for k, v in self.config().items() if k not in self.RUN_OPTIONS}
+
+    def to_dict(self) -> dict:
+        """``{"name", "version", "options"}`` with every option (``slimkit.registry.to_dict``'s form)."""
+        return {"name": self.name, "version": self.version, "options": plain_options(self.config())}
+
+    def checkpoint_key(self) -> dict:
+        """What a checkpoint's compressor state is valid for: ``to_dict()`` without ``RUN_OPTIONS``."""
+        key = self.to_dict()
+        key["options"] = {k: v for k, v in key["options"].items() if k not in self.RUN_OPTIONS}
+        return key
 
     def __repr__(self):
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
@@ -96,6 +150,17 @@ class Compressor:
         """Compress then decompress locally: (decoded tensor, payload bytes). For tests and analysis."""
         payload = self.compress(flat, segments)
         return self.decompress(payload, flat.numel()).view_as(flat), payload.numel()
+
+
+def plain_options(value):
+    """Options as plain data (a checkpoint loads with weights_only): compressors by their repr, lists as tuples."""
+    if isinstance(value, Compressor):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return tuple(plain_options(v) for v in value)
+    if isinstance(value, dict):
+        return {k: plain_options(v) for k, v in value.items()}
+    return value
 
 
 def bits_for(n: int) -> int:

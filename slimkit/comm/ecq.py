@@ -48,9 +48,10 @@ class ECQ(Compressor):
         self.errors: dict[str, torch.Tensor] = {}
         self._bufs: dict = {}  # layout -> (the views stored in errors, their flat buffer)
 
-    def options(self):
-        return {"bits": self.bits, "alpha": self.alpha, "beta": self.beta, "inner": self.inner_name,
-                **{k: v for k, v in self.inner.options().items() if k != "bits"}}
+    def config(self):
+        """The inner compressor's options as it resolved them (``bits`` and qsgd's ``norm`` default from ecq)."""
+        own = {k: v for k, v in super().config().items() if k in ("bits", "alpha", "beta", "inner")}
+        return {**own, **{k: v for k, v in self.inner.config().items() if k != "bits"}}
 
     def bind(self, rank):
         self.inner.bind(rank)

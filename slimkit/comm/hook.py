@@ -16,7 +16,8 @@ import torch.distributed as dist
 
 from slimkit.comm._registry import BUILTIN_HOOKS, parse_compressor  # BUILTIN_HOOKS: wrapped for the same stats
 from slimkit.comm.auto import DENSE, Auto
-from slimkit.comm.base import Compressor, slice_segments
+from slimkit.comm.base import Compressor, plain_options, slice_segments
+from slimkit.registry import parse_spec
 
 PATHS = ("auto", "allgather", "twophase")
 PHASE2_RANK_OFFSET = 65536  # the phase-2 compressor of rank r draws the noise stream of "rank" r + this
@@ -137,7 +138,8 @@ class CommState:
         if isinstance(self.compressor, Compressor):
             out["compressor"] = self.compressor.state_dict()
             out["compressor2"] = self.compressor2.state_dict()  # phase-2 error feedback and noise
-            out["spec"] = repr(self.compressor)
+            out["spec"] = repr(self.compressor)  # for people (and the slimkit versions that compared it)
+            out["compressor_key"] = self.compressor.checkpoint_key()
         if self.torch_state is not None:
             # PowerSGDState uses __slots__: keep its step counter and error-feedback/warm-start memories
             out["torch_state"] = {k: getattr(self.torch_state, k) for k in _POWERSGD_KEYS
@@ -147,8 +149,8 @@ class CommState:
     def load_state_dict(self, state: dict) -> None:
         self.steps = int(state.get("steps", 0))
         if "compressor" in state:
-            if state.get("spec") and state["spec"] != repr(self.compressor):
-                raise ValueError(f"checkpoint was written with compressor {state['spec']}, "
+            if not _same_compressor(state, self.compressor):
+                raise ValueError(f"checkpoint was written with compressor {state.get('spec')}, "
                                  f"this run uses {self.compressor!r}")
             self.compressor.load_state_dict(state["compressor"])
             if "compressor2" in state:
@@ -160,6 +162,27 @@ class CommState:
         if self.torch_state is not None and "torch_state" in state:
             for k, v in state["torch_state"].items():
                 setattr(self.torch_state, k, v)
+
+
+def _same_compressor(state, compressor) -> bool:
+    """Whether a checkpoint's compressor state fits ``compressor``: its ``compressor_key`` (the options,
+    ``Compressor.checkpoint_key``) is equal. A checkpoint from before the key has only ``spec``, the repr
+    of a hand-kept option list that left some options out: each option it names must match."""
+    if "compressor_key" in state:
+        key, ours = state["compressor_key"], compressor.checkpoint_key()
+        if key.get("version", 1) > ours["version"]:
+            raise ValueError(f"checkpoint's compressor {key.get('name')!r} has options version {key['version']}; "
+                             f"this slimkit reads up to {ours['version']}")
+        return (key["name"], key["options"]) == (ours["name"], ours["options"])
+    spec = state.get("spec")
+    if not spec or spec == repr(compressor):
+        return True
+    try:
+        name, options = parse_spec(spec, "compressor")
+    except ValueError:
+        return False
+    ours = compressor.options()
+    return name == compressor.name and all(k in ours and plain_options(ours[k]) == plain_options(v) for k, v in options.items())
 
 
 def _layout(state, bucket, n):

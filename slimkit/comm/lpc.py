@@ -15,6 +15,3 @@ class LPC(QSGD):
                  seed: int = 0, nonfinite: str = "raise"):
         super().__init__(bits=bits, norm="max", bucket_size=bucket_size, coding=coding, clip=clip,
                          seed=seed, nonfinite=nonfinite)
-
-    def options(self):
-        return {"bits": self.bits, "clip": self.clip, "bucket_size": self.bucket_size, "coding": self.coding}

@@ -49,9 +49,9 @@ class MQGrad(Compressor):
     def bits(self) -> int:
         return self.actions[self.action]
 
-    def options(self):
-        return {"actions": self.actions, "initial_bits": self.initial_bits, "interval": self.interval,
-                "lam": self.lam, "ef": self.ef}
+    def config(self):
+        """``initial_bits`` as resolved (the middle of ``actions`` when not given)."""
+        return {**super().config(), "actions": self.actions, "initial_bits": self.initial_bits}
 
     def bind(self, rank):
         self.quantizer.bind(rank)

@@ -108,10 +108,6 @@ class QSGD(Compressor):
         self.bits, self.norm, self.bucket_size, self.coding, self.clip = bits, norm, bucket_size, coding, clip
         self.fixed_size = coding == "dense"
 
-    def options(self):
-        return {"bits": self.bits, "norm": self.norm, "bucket_size": self.bucket_size,
-                "coding": self.coding, "clip": self.clip}
-
     @staticmethod
     def levels(bits: int) -> int:
         return 2 if bits == 1 else (1 << bits) - 1

@@ -15,9 +15,6 @@ class ScaledSign(Compressor):
             raise ValueError(f"bucket_size must be an int >= 0 (0 = one bucket), got {bucket_size!r}")
         self.bucket_size = bucket_size
 
-    def options(self):
-        return {"bucket_size": self.bucket_size}
-
     def compress(self, flat, segments=None):
         flat = self.check_finite(flat.reshape(-1).float())
         n = flat.numel()

@@ -9,6 +9,3 @@ class TernGrad(QSGD):
                  seed: int = 0, nonfinite: str = "raise"):
         super().__init__(bits=2, norm="max", bucket_size=bucket_size, coding=coding, clip=clip,
                          seed=seed, nonfinite=nonfinite)
-
-    def options(self):
-        return {"bucket_size": self.bucket_size, "clip": self.clip, "coding": self.coding}

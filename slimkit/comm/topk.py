@@ -17,9 +17,6 @@ class TopK(Compressor):
             raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
         self.ratio = ratio
 
-    def options(self):
-        return {"ratio": self.ratio}
-
     def _k(self, n):
         return max(1, math.ceil(self.ratio * n))
 
