@@ -208,6 +208,27 @@ def report(args):
     print(text)
 
 
+def _step_cost(per):
+    """Lines on equal training time: DI's CPU cost per step vs plain WS's on the same CPU, and how many
+    steps WS would have had in DI's CPU time (the runs themselves are at equal steps)."""
+    import statistics
+
+    def cpu_ms(method, cpu):
+        vals = [r["cpu_step_ms"] for r in per.get(method, []) if r.get("cpu_step_ms") and r["cpu"] == cpu]
+        return statistics.fmean(vals) if vals else None, len(vals)
+
+    out = []
+    for cpu in sorted({r["cpu"] for rs in per.values() for r in rs}):
+        (ws, nws), (di, ndi) = cpu_ms("ws", cpu), cpu_ms("di", cpu)
+        if ws and di:
+            steps = [r["steps"] for r in per["di"] if r.get("cpu_step_ms") and r["cpu"] == cpu]
+            out.append(f"Equal training time ({cpu}, process CPU time, 1 thread): plain WS {ws:.0f} ms/step "
+                       f"({nws} run(s)), DI-WS {di:.0f} ms/step ({ndi} run(s)): DI costs {100 * (di / ws - 1):+.0f}% "
+                       f"per step, so in DI's CPU time for {steps[0]:,} steps plain WS would have trained "
+                       f"{round(steps[0] * di / ws):,} steps. The runs above compare equal steps.")
+    return out + [""] if out else []
+
+
 def _markdown(args, rows, per):
     from slimkit.report.table import to_markdown
 
@@ -243,6 +264,7 @@ def _markdown(args, rows, per):
                                ("top_estimated_truth", "truth of top-estimated %"),
                                ("search_best_truth", "truth of search pick %"), ("search_evaluated", "evaluated")]),
             ""]
+    text += _step_cost(per)
     pub = os.path.join(args.out, "published_tau.json")
     if os.path.exists(pub):
         with open(pub) as f:
