@@ -37,9 +37,13 @@ CONFIGS.update({f"fw-adam K={k}": dict(name="fw-adam", opts=dict(lr=1e-3, inner_
 
 # name -> (targets, "loss" (lower is better) or "accuracy" (higher), mini-batch budget)
 # Budgets are what 2 shared CPU cores allowed (the papers train 10-100x longer).
-TASKS = {"adding-100": ((0.05, 0.01), "loss", 3000), "adding-200": ((0.05, 0.01), "loss", 1500),
+TASKS = {"adding-50": ((0.05, 0.01), "loss", 6000), "adding-100": ((0.05, 0.01), "loss", 3000), "adding-200": ((0.05, 0.01), "loss", 1500),
          "copying": ((0.28, 0.15), "loss", 1000), "pixel-mnist": ((0.8, 0.9), "accuracy", 1000),
-         "noisy-mnist": ((0.8, 0.9), "accuracy", 1000)}
+         "noisy-mnist": ((0.8, 0.9), "accuracy", 1000),
+         # affordable on a shared 2-vCPU machine: 28 rows + 12 noise steps (the authors pad to 1000)
+         "noisy-mnist-40": ((0.8, 0.9), "accuracy", 2000),
+         # sequential row MNIST: 28 steps of 28 pixels, no noise (noisy-mnist with zero padding steps)
+         "row-mnist": ((0.8, 0.9), "accuracy", 1500)}
 
 
 def _stack(ds, idx):
@@ -75,9 +79,11 @@ def make_task(name, args, seed):
         test = pixel_sequences(d["x_test"][:n_test], d["y_test"][:n_test], pixels_per_step=args.pixels_per_step)
         held = test.tensors()
         mkw = dict(input_size=args.pixels_per_step, num_classes=10)
-    else:  # noisy-mnist
-        train = NoisePaddedRows(d["x_train"], d["y_train"], args.noise_length, seed=2 * seed)
-        test = NoisePaddedRows(d["x_test"][:n_test], d["y_test"][:n_test], args.noise_length, seed=2 * seed + 1,
+    else:  # noisy-mnist (length --noise-length) or noisy-mnist-L (length L)
+        length = (28 if name == "row-mnist" else int(name.split("-")[2]) if name.count("-") == 2
+                  else args.noise_length)
+        train = NoisePaddedRows(d["x_train"], d["y_train"], length, seed=2 * seed)
+        test = NoisePaddedRows(d["x_test"][:n_test], d["y_test"][:n_test], length, seed=2 * seed + 1,
                                mean=train.mean, std=train.std)
         held = _stack(test, torch.arange(len(test)))
         mkw = dict(input_size=28, num_classes=10)
@@ -100,7 +106,14 @@ def evaluate(model, opt, held, loss_fn, acc_fn, chunk=500):
     return float(loss_fn(out, y)), (acc_fn(out, y) if acc_fn else None)
 
 
-def count_run(task, cfg_name, seed, args, data):
+def _ckpt_path(args, task, cfg_name, seed):
+    return os.path.join(args.runs, "partial", f"{task}__{cfg_name.replace(' ', '_')}__s{seed}.pt")
+
+
+def count_run(task, cfg_name, seed, args, data, deadline=None):
+    """One counting run. Every ``--ckpt-every`` mini-batches the whole run state (model, optimizer, batch-order
+    generator, curve) is saved under runs/partial/, so a stopped run resumes exactly where it was. Returns None when
+    ``deadline`` (time.time()) passes first (the checkpoint is then current)."""
     targets, metric, budget = TASKS[task]
     budget = args.max_batches or budget
     cfg = CONFIGS[cfg_name]
@@ -109,8 +122,17 @@ def count_run(task, cfg_name, seed, args, data):
     model = create_model("rnn_classifier", cell="tanh", hidden_size=args.hidden, **mkw)
     opt = create_optimizer(cfg["name"], model.parameters(), **cfg["opts"])
     g = torch.Generator().manual_seed(10_000 + seed)  # same batch order for every optimizer of this seed
-    reached, curve, status, t0 = {}, [], "budget", time.perf_counter()
-    for mb in range(1, budget + 1):
+    reached, curve, status, start, cpu = {}, [], "budget", 1, 0.0
+    ckpt = _ckpt_path(args, task, cfg_name, seed)
+    if os.path.exists(ckpt):
+        st = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        g.set_state(st["gen"])
+        reached, curve, start, cpu = st["reached"], st["curve"], st["mb"] + 1, st["cpu_s"]
+        print(f"  resuming {os.path.basename(ckpt)} at mini-batch {start}", flush=True)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for mb in range(start, budget + 1):
         x, y = _stack(train, torch.randint(0, len(train), (args.batch,), generator=g))
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(model(x), y)
@@ -122,9 +144,10 @@ def count_run(task, cfg_name, seed, args, data):
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip"])
         opt.step()
         if mb % args.eval_every == 0 or mb == budget:
+            cpu += time.process_time() - c0  # training CPU time only: evaluations excluded
             ev_loss, ev_acc = evaluate(model, opt, held, loss_fn, acc_fn)
             value = ev_acc if metric == "accuracy" else ev_loss
-            curve.append((mb, ev_loss, ev_acc))
+            curve.append((mb, ev_loss, ev_acc, cpu))
             for tgt in targets:
                 ok = value >= tgt if metric == "accuracy" else value <= tgt
                 if ok and str(tgt) not in reached:
@@ -135,14 +158,30 @@ def count_run(task, cfg_name, seed, args, data):
             if len(reached) == len(targets):
                 status = "reached"
                 break
+            if mb % args.ckpt_every == 0 or (deadline and time.time() > deadline):
+                os.makedirs(os.path.dirname(ckpt), exist_ok=True)
+                torch.save(dict(model=model.state_dict(), opt=opt.state_dict(), gen=g.get_state(), mb=mb,
+                                reached=reached, curve=curve, cpu_s=cpu), ckpt + ".tmp")
+                os.replace(ckpt + ".tmp", ckpt)
+                if deadline and time.time() > deadline:
+                    return None
+            c0 = time.process_time()
+    if os.path.exists(ckpt):
+        os.remove(ckpt)
     return dict(task=task, config=cfg_name, seed=seed, hidden=args.hidden, batch=args.batch, budget=budget,
                 reached=reached, status=status, batches=curve[-1][0] if curve else 0, curve=curve,
-                wall_s=time.perf_counter() - t0, torch=torch.__version__)
+                wall_s=time.perf_counter() - t0, cpu_s=cpu, torch=torch.__version__)
 
 
 def cmd_count(args):
     os.makedirs(args.runs, exist_ok=True)
     configs = [c for c in CONFIGS if not args.configs or c in args.configs.split(";")]
+    deadline = None
+    if args.stop_at:  # "HH:MM" UTC today: checkpoint and exit once past it
+        import datetime
+        now = datetime.datetime.now(datetime.timezone.utc)
+        hh, mm = map(int, args.stop_at.split(":"))
+        deadline = now.replace(hour=hh, minute=mm, second=0, microsecond=0).timestamp()
     for task in args.tasks.split(","):
         for seed in [int(s) for s in args.seeds.split(",")]:
             data = None
@@ -150,12 +189,18 @@ def cmd_count(args):
                 path = os.path.join(args.runs, f"{task}__{cfg.replace(' ', '_')}__s{seed}.json")
                 if os.path.exists(path):
                     continue
+                if deadline and time.time() > deadline:
+                    print("past --stop-at: stopping", flush=True)
+                    return
                 data = data or make_task(task, args, seed)
-                r = count_run(task, cfg, seed, args, data)
+                r = count_run(task, cfg, seed, args, data, deadline)
+                if r is None:
+                    print(f"{task} seed {seed} {cfg}: checkpointed at --stop-at", flush=True)
+                    return
                 with open(path, "w") as f:
                     json.dump(r, f)
                 print(f"{task} seed {seed} {cfg}: {r['status']} {r['reached']} after {r['batches']} "
-                      f"({r['wall_s']:.0f} s)", flush=True)
+                      f"({r['wall_s']:.0f} s wall, {r['cpu_s']:.0f} s CPU)", flush=True)
 
 
 def cmd_time(args):
@@ -199,32 +244,45 @@ def _cpu():
     return name + (" (VNNI)" if "vnni" in info else " (no VNNI)")
 
 
+TRIVIAL = {"adding-50": "always predicting 1 gives MSE 0.167", "adding-100": "always predicting 1 gives MSE 0.167",
+           "adding-200": "always predicting 1 gives MSE 0.167", "copying": "the memoryless baseline is 0.297",
+           "pixel-mnist": "chance is 0.10", "noisy-mnist": "chance is 0.10 (28 rows padded to 100 steps)",
+           "noisy-mnist-40": "chance is 0.10 (28 rows + 12 noise steps; 500 test images)",
+           "row-mnist": "chance is 0.10 (28 rows of 28 pixels, no noise; 500 test images)"}
+
+
+def _cpu_at(r, mb):
+    """Training CPU seconds of run r when it first reached mini-batch mb (None for runs recorded without it)."""
+    pt = next((c for c in r["curve"] if c[0] == mb), None)
+    return pt[3] if pt is not None and len(pt) > 3 else None
+
+
 def cmd_report(args):
     runs = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(args.runs, "*.json")))]
     cost_path = os.path.join(args.out, "fw_rnn_step_cost.json")
     cost = json.load(open(cost_path)) if os.path.exists(cost_path) else {"rows": {}, "meta": {}}
-    meta = cost["meta"]
     lines = ["# Frank-Wolfe vs tuned Adam on a tanh RNN: mini-batches and time to fixed targets", "",
-             f"tanh RNN, hidden {runs[0]['hidden'] if runs else '?'}, batch {runs[0]['batch'] if runs else '?'}, "
-             f"torch {torch.__version__}. Per-mini-batch cost measured interleaved on {meta.get('cpu', '?')}, "
-             f"{meta.get('threads', '?')} torch thread(s), load average {tuple(round(x, 2) for x in meta.get('load', ()))}. "
-             "Mini-batches count every optimizer step (FW inner steps included); time = mini-batches x that cost.",
-             "Cells: median mini-batches over seeds (per-seed values; '-' = not reached within the budget, "
-             "'div' = diverged) and the median time.", ""]
+             f"tanh RNN (nn.RNN, one layer), batch {runs[0]['batch'] if runs else '?'}, torch "
+             f"{runs[0]['torch'] if runs else torch.__version__}, {_cpu()}, 1 torch thread. Mini-batches count every "
+             "optimizer step, FW inner steps included (FW K=k makes one Adam update per k mini-batches). FW-Adam: the "
+             "authors' cumulative iterate, radius = lr = 1e-3, evaluated at the anchor weights. Held-out loss/accuracy "
+             f"evaluated every {args.eval_every} mini-batches (the resolution of the counts).",
+             "Cells: median mini-batches over seeds, then the median training CPU seconds of those runs at that point "
+             "(time.process_time, evaluations excluded; the machine is shared, so CPU time, not wall time), and the "
+             "per-seed mini-batches ('-' = not reached within the budget, 'div' = diverged).", ""]
     verdicts = []
-    for task, (targets, metric, _) in TASKS.items():
-        rs = [r for r in runs if r["task"] == task]
-        if not rs:
-            continue
-        trivial = {"adding-100": "always predicting 1 gives MSE 0.167", "adding-200": "always predicting 1 gives MSE 0.167",
-                   "copying": "the memoryless baseline is 0.297", "pixel-mnist": "chance is 0.10",
-                   "noisy-mnist": "chance is 0.10"}[task]
+    groups = {}
+    for r in runs:
+        groups.setdefault((r["task"], r["hidden"], r["budget"]), []).append(r)
+    order = list(TASKS)
+    for (task, hidden, budget) in sorted(groups, key=lambda k: (order.index(k[0]), -k[1], k[2])):
+        rs = groups[(task, hidden, budget)]
+        targets, metric, _ = TASKS[task]
         seeds_done = sorted({r["seed"] for r in rs})
-        lines += [f"## {task} (targets: {metric} {' / '.join(str(t) for t in targets)}; "
-                  f"budget {rs[0]['budget']} mini-batches; {trivial}; seeds run: {seeds_done}, "
-                  f"{len(rs)} of {len(CONFIGS) * 3} planned runs)", "",
-                  "| optimizer | seeds | " + " | ".join(f"to {t}" for t in targets) + " | best held-out " + metric + " |",
-                  "|---|---|" + "---|" * len(targets) + "---:|"]
+        lines += [f"## {task}, hidden {hidden} (targets: {metric} {' / '.join(str(t) for t in targets)}; "
+                  f"budget {budget} mini-batches; {TRIVIAL[task]}; seeds {seeds_done}; {len(rs)} runs)", "",
+                  "| optimizer | seeds | " + " | ".join(f"to {t}" for t in targets) + f" | best held-out {metric} "
+                  "(median) | stopped |", "|---|---|" + "---|" * len(targets) + "---:|---|"]
         summary = {}
         for cfg in CONFIGS:
             cr = sorted((r for r in rs if r["config"] == cfg), key=lambda r: r["seed"])
@@ -238,38 +296,47 @@ def cmd_report(args):
                                 for v, r in zip(vals, cr))
                 if all(v is not None for v in vals):
                     med = statistics.median(vals)
-                    summary[(cfg, t)] = med
-                    tm = f", {med * ms / 1e3:.0f} s" if ms else ""
+                    secs = [_cpu_at(r, v) for r, v in zip(cr, vals)]
+                    if all(x is not None for x in secs):
+                        tm = f", {statistics.median(secs):.0f} CPU s"
+                    else:
+                        tm = f", ~{med * ms / 1e3:.0f} s (x step cost)" if ms else ""
+                    summary[(cfg, t)] = (med, len(cr))
                     cells.append(f"**{med:.0f}**{tm} ({per})")
                 else:
                     summary[(cfg, t)] = None
                     cells.append(f"not reached by {len(cr) - sum(v is not None for v in vals)}/{len(cr)} ({per})")
             best = [(max if metric == "accuracy" else min)(c[2] if metric == "accuracy" else c[1] for c in r["curve"])
                     for r in cr]
-            lines.append(f"| {cfg} | {len(cr)} | " + " | ".join(cells) + f" | {statistics.median(best):.4f} |")
+            stops = ", ".join(f"{r['status']}@{r['batches']}" for r in cr)
+            lines.append(f"| {cfg} | {len(cr)} | " + " | ".join(cells) + f" | {statistics.median(best):.4f} | {stops} |")
         lines.append("")
         for t in targets:
-            adam = {c: summary.get((c, t)) for c in CONFIGS if c.startswith("adam")}
-            fw = {c: summary.get((c, t)) for c in CONFIGS if c.startswith("fw")}
-            ok_adam = {c: v for c, v in adam.items() if v is not None}
-            ok_fw = {c: v for c, v in fw.items() if v is not None}
+            ok_adam = {c: summary[(c, t)][0] for c in CONFIGS if c.startswith("adam") and summary.get((c, t))}
+            ok_fw = {c: summary[(c, t)][0] for c in CONFIGS if c.startswith("fw") and summary.get((c, t))}
+            n_adam = sum(1 for c in CONFIGS if c.startswith("adam") and (c, t) in summary)
+            n_fw = sum(1 for c in CONFIGS if c.startswith("fw") and (c, t) in summary)
             best_adam = min(ok_adam, key=ok_adam.get) if ok_adam else None
             best_fw = min(ok_fw, key=ok_fw.get) if ok_fw else None
+            grid = f"{n_adam} Adam settings and {n_fw} FW settings run, {len(seeds_done)} seed(s)"
             if best_fw is None and best_adam is None:
-                v = "not testable here: no optimizer reached it on every seed within the budget"
+                v = f"not testable here: no optimizer reached it on every seed within {budget} mini-batches ({grid})"
             elif best_fw is None:
-                v = f"not reproduced: best Adam ({best_adam}) {ok_adam[best_adam]:.0f} mini-batches, FW not on every seed"
+                v = (f"not reproduced: best Adam ({best_adam}) {ok_adam[best_adam]:.0f} mini-batches; no FW setting "
+                     f"reached it on every seed ({grid})")
             elif best_adam is None:
-                v = f"reproduced: {best_fw} reaches it in {ok_fw[best_fw]:.0f} mini-batches, no Adam setting on every seed"
+                v = (f"reproduced: {best_fw} reaches it in {ok_fw[best_fw]:.0f} mini-batches, no Adam setting on "
+                     f"every seed ({grid})")
             else:
                 win = ok_fw[best_fw] < ok_adam[best_adam]
                 v = (f"{'reproduced' if win else 'not reproduced'}: best FW ({best_fw}) {ok_fw[best_fw]:.0f} vs "
-                     f"best Adam ({best_adam}) {ok_adam[best_adam]:.0f} mini-batches")
-            verdicts.append(f"- {task}, {metric} {t}: {v}")
+                     f"best Adam ({best_adam}) {ok_adam[best_adam]:.0f} mini-batches ({grid})")
+            verdicts.append(f"- {task} (hidden {hidden}, budget {budget}), {metric} {t}: {v}")
     lines += ["## Verdicts (claim: FW reaches the target with fewer mini-batches than the best tuned Adam)", ""]
     lines += verdicts
-    lines += ["", "Commands: `python benchmarks/train/bench_fw_rnn.py count --tasks TASK --seeds 0,1,2 "
-              "--mnist ../shared/data/mnist.npz`, `... time`, `... report`."]
+    lines += ["", "Commands: `python benchmarks/train/bench_fw_rnn.py count --tasks TASK --seeds 0,1,2 --hidden H "
+              "[--stop-at HH:MM]` (resumable: one JSON per finished run, checkpoints of running ones under "
+              "fw_runs/partial/), then `... report`."]
     with open(os.path.join(args.out, "fw_rnn.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -291,6 +358,8 @@ def main():
     ap.add_argument("--max-batches", type=int, default=0, help="override the per-task budget")
     ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--time-steps", type=int, default=10)
+    ap.add_argument("--ckpt-every", type=int, default=500, help="mini-batches between resumable checkpoints")
+    ap.add_argument("--stop-at", default="", help="HH:MM UTC: checkpoint the current run and exit after this time")
     ap.add_argument("--runs", default="benchmarks/results/train/fw_runs")
     ap.add_argument("--out", default="benchmarks/results/train")
     args = ap.parse_args()
