@@ -1,5 +1,6 @@
 """``TrainConfig``: every setting of a training run, checked when built, round-tripped through dicts
-(``config_to_dict`` / ``config_from_dict``) and saved as ``config.yaml`` beside the run's outputs."""
+(``config_to_dict`` / ``config_from_dict``) and saved as ``config.yaml`` beside the run's outputs;
+``parse_options`` reads the option strings of ``optimizer_options`` / ``sampler_options`` (``--optim-opts``)."""
 import dataclasses
 import re
 from dataclasses import dataclass, field
@@ -125,3 +126,69 @@ def parse_size(size) -> int:
         raise ValueError(f"bad memory size {size!r}; expected a positive number with an optional unit "
                          f"(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. '2GB' or '512MiB'")
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def parse_options(text, what="--optim-opts"):
+    """'momentum=0.9,nesterov=true' -> {'momentum': 0.9, 'nesterov': True}: the inside of a spec's parentheses
+    in slimkit's option grammar (slimkit.registry, as in recipes and ``--optim 'sgd(momentum=0.9)'``).
+
+    Before, these flags read each value as a YAML scalar. Where YAML reads a value as something other than
+    a string and the grammar reads it otherwise (yes/no/on/off, ~, an empty value, [lists], dates), or the
+    text is not in the grammar at all (a trailing comma), the YAML reading is kept, with a DeprecationWarning
+    saying how to write it. A value YAML read as a string and the grammar as a number or none (1e-3, nan,
+    none) takes the grammar's reading: no option wanted those strings."""
+    if isinstance(text, dict):
+        return dict(text)
+    from slimkit.registry import parse_options as parse_grammar
+
+    text = str(text)
+    legacy, legacy_error = _yaml_options(text, what)
+    try:
+        options = parse_grammar(text, what)
+    except ValueError as err:
+        if legacy is None:
+            raise ValueError(f"{legacy_error or err}; expected FIELD=VALUE pairs separated by commas, VALUE: "
+                             f"int, float, true/false, none, 'string', (tuple) or word") from None
+        _warn_yaml(what, text, f"is not in slimkit's option grammar ({err})")
+        return legacy
+    for key, value in (legacy or {}).items():
+        new = options.get(key, _MISSING)
+        if not isinstance(value, str) and not (type(new) is type(value) and new == value):
+            _warn_yaml(what, f"{key}={value!r}", f"reads {new!r} in slimkit's option grammar; write "
+                                                 f"{key}={_grammar_text(value)}")
+            options[key] = value
+    return options
+
+
+_MISSING = object()
+
+
+def _yaml_options(text, what):
+    """The old reading (comma-separated key=value, each value a YAML scalar): (options, None) or (None, error)."""
+    import yaml
+
+    out = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            return None, f"bad {what} item {item!r}"
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return None, f"bad {what} item {item!r}"
+    return out, None
+
+
+def _grammar_text(value):
+    from slimkit.registry import format_value
+
+    if isinstance(value, list):
+        value = tuple(value)
+    return format_value(value) if isinstance(value, (bool, int, float, tuple, type(None))) else repr(str(value))
+
+
+def _warn_yaml(what, text, why):
+    import warnings
+
+    warnings.warn(f"{what} {text} {why}; its YAML reading is used for now and will stop working",
+                  DeprecationWarning, stacklevel=4)
