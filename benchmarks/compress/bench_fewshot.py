@@ -27,6 +27,8 @@ import torch
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the checkpoint's training normalisation
 MAIN = "prune(macs=0.5,coupled=false),distill,fold"
+# the recipe this session's ablations point to: the same kept fraction per layer, block-output feature matching
+BEST = "prune(macs=0.5,coupled=false,scope=layer),distill(method=finetune,features=10,feature_at=blocks),fold"
 SYNTH = "synth(n=256,iters=200)"
 ROWS = {
     # name: (recipe, K, note). The recipe runs through slimkit.compress(); K=0 = data-free.
@@ -65,12 +67,38 @@ ROWS = {
                         "block-output MSE weight 3, image draw seed 2", 2),
     "feat10_blocks": ("prune(macs=0.5,coupled=false),distill(features=10,feature_at=blocks),fold", 10,
                       "block-output MSE, weight 10"),
+    "layer_feat10": ("prune(macs=0.5,coupled=false,scope=layer),distill(features=10,feature_at=blocks),fold", 10,
+                     "per-layer kept fraction + block-output MSE weight 10"),
+    "layer_feat10_s1": ("prune(macs=0.5,coupled=false,scope=layer),distill(features=10,feature_at=blocks),fold", 10,
+                        "per-layer kept fraction + block-output MSE weight 10, image draw seed 1", 1),
+    "layer_feat10_s2": ("prune(macs=0.5,coupled=false,scope=layer),distill(features=10,feature_at=blocks),fold", 10,
+                        "per-layer kept fraction + block-output MSE weight 10, image draw seed 2", 2),
+    "layer_feat30": ("prune(macs=0.5,coupled=false,scope=layer),distill(features=30,feature_at=blocks),fold", 10,
+                     "per-layer kept fraction + block-output MSE weight 30"),
+    "layer_feat30_s1": ("prune(macs=0.5,coupled=false,scope=layer),distill(features=30,feature_at=blocks),fold", 10,
+                        "per-layer kept fraction + block-output MSE weight 30, image draw seed 1", 1),
+    "layer_feat30_s2": ("prune(macs=0.5,coupled=false,scope=layer),distill(features=30,feature_at=blocks),fold", 10,
+                        "per-layer kept fraction + block-output MSE weight 30, image draw seed 2", 2),
+    "feat30_blocks": ("prune(macs=0.5,coupled=false),distill(features=30,feature_at=blocks),fold", 10,
+                      "block-output MSE, weight 30"),
     "round8": ("prune(macs=0.5,coupled=false,round_to=8),distill,fold", 10,
                "kept channels rounded to multiples of 8 (vector width of the CPU kernels)"),
     "synth1024_feat": ("synth(n=1024,iters=100),prune(macs=0.5,coupled=false),distill(features=1,feature_at=blocks),fold",
                        10, "+ 1,024 synthetic images and block-output MSE: does more data close the gap?"),
     "drop_feat3": ("drop(blocks=2),prune(macs=0.6,coupled=false),distill(features=3,feature_at=blocks),fold", 10,
                    "block dropping + pruning, block-output MSE weight 3"),
+    "layer_ft_feat10": ("prune(macs=0.5,coupled=false,scope=layer),distill(method=finetune,features=10,feature_at=blocks),fold",
+                        10, "per-layer kept fraction, function matching only (no layer-wise stage), block-output MSE 10"),
+    "l2_ft_feat10": ("prune(macs=0.5,coupled=false,scope=layer,criterion=l2),distill(method=finetune,features=10,"
+                     "feature_at=blocks),fold", 10, "as layer_ft_feat10 with L2 instead of L1 channel norms"),
+    "best_s1": (BEST, 10, "recommended recipe, image draw seed 1", 1),
+    "best_s2": (BEST, 10, "recommended recipe, image draw seed 2", 2),
+    "best_bnrecal": (BEST.replace("distill(method=finetune,", "distill(method=finetune,bnrecal=true,"), 10,
+                     "recommended recipe + BatchNorm recalibration before function matching"),
+    "best_k5": (BEST, 5, "accuracy vs K"),
+    "best_k1": (BEST, 1, "accuracy vs K"),
+    "best_datafree": (f"{SYNTH},{BEST}", 0, "synthetic images only"),
+    "best_synth": (f"synth(n=1024,iters=100),{BEST}", 10, "+ 1,024 synthetic images"),
     "patient": ("prune(macs=0.5,coupled=false),distill(steps=5000),fold", 10,
                 "longer function matching (5000 steps): does patience pay?"),
     "abl_nostage2": ("prune(macs=0.5,coupled=false),distill(steps=0),fold", 10, "ablation: layer-wise stage only"),
@@ -161,7 +189,7 @@ def run_row(name, recipe, k, args, base, test, log, seed=0):
     return row
 
 
-def torch_pruning_row(args, base, test, log, steps):
+def torch_pruning_row(args, base, test, log, steps, features=0.0, name="tp"):
     """Torch-Pruning 1.6 (L1 magnitude, block-internal channels only: the zero-pad shortcut is invisible to its
     tracer) to the same MAC target, then the SAME function-matching fine-tune on the same images."""
     import torch_pruning as tp
@@ -184,14 +212,15 @@ def torch_pruning_row(args, base, test, log, steps):
         if count_macs(m, (x1,)) <= 0.5 * macs0:
             break
     ctx = CompressContext(teacher=base, data=few, progress=False, extras={"reference": base})
-    m = distill(m.eval(), x1, DistillConfig(method="finetune", steps=steps), ctx)
+    m = distill(m.eval(), x1, DistillConfig(method="finetune", steps=steps, features=features, feature_at="blocks"), ctx)
     wall, cpu = time.time() - t0, time.process_time() - c0
-    torch.save(m, os.path.join(args.models, "tp.pt"))
-    row = dict(name="tp", recipe=f"Torch-Pruning {tp.__version__} MagnitudePruner(L1, block-internal) + "
-               f"distill(method=finetune,steps={steps})", k=10, test=top1(m, test), val=top1(m, val),
+    torch.save(m, os.path.join(args.models, f"{name}.pt"))
+    ft = f",features={features:g},feature_at=blocks" if features else ""
+    row = dict(name=name, recipe=f"Torch-Pruning {tp.__version__} MagnitudePruner(L1, block-internal) + "
+               f"distill(method=finetune,steps={steps}{ft})", k=10, test=top1(m, test), val=top1(m, val),
                macs=int(count_macs(m, (x1,))), conv_linear_bytes=conv_linear_bytes(m), wall_s=round(wall, 1),
                cpu_s=round(cpu, 1), loadavg=os.getloadavg(), note="same MAC target, same fine-tune, same images")
-    log(f"tp: test {row['test']:.2f} val {row['val']:.2f}")
+    log(f"{name}: test {row['test']:.2f} val {row['val']:.2f}")
     return row
 
 
@@ -211,9 +240,9 @@ def resnet56_timing_row(args, log):
     few, _ = splits(args.train, 10)
     x1 = few[0][:1]
     t0, c0 = time.time(), time.process_time()
-    res = compress(m0, x1, MAIN, data=few, progress=False, latency_batches=())
+    res = compress(m0, x1, BEST, data=few, progress=False, latency_batches=())
     wall, cpu = time.time() - t0, time.process_time() - c0
-    row = dict(name="r56_timing", recipe=MAIN, k=10, test=None, val=None, macs=int(count_macs(res.model, (x1,))),
+    row = dict(name="r56_timing", recipe=BEST, k=10, test=None, val=None, macs=int(count_macs(res.model, (x1,))),
                macs0=int(count_macs(m0, (x1,))), wall_s=round(wall, 1), cpu_s=round(cpu, 1), loadavg=os.getloadavg(),
                threads=torch.get_num_threads(), passes=[(r.name, round(r.seconds, 1)) for r in res.report.passes],
                note="ResNet-56, random weights (timing only)")
@@ -246,6 +275,8 @@ def cmd_run(args):
             results["rows"][name] = resnet56_timing_row(args, log)
         elif name == "tp":
             results["rows"]["tp"] = torch_pruning_row(args, base, test, log, args.tp_steps)
+        elif name == "tp_feat":  # the same fine-tune as BEST's distill stage 2
+            results["rows"][name] = torch_pruning_row(args, base, test, log, args.tp_steps, 10.0, name)
         elif name == "lowrank":
             for recipe in LOWRANK:
                 key = "lowrank:" + recipe
@@ -347,7 +378,8 @@ def main(argv=None):
     ap.add_argument("--train", default="../shared/data/cifar10_train.npz")
     ap.add_argument("--test", default="../shared/data/cifar10_test_dev.npz")
     ap.add_argument("--checkpoint", default="../shared/data/resnet20_cifar10.th")
-    ap.add_argument("--rows", default="", help=f"comma list of {','.join(ROWS)},tp,lowrank (default: all)")
+    ap.add_argument("--rows", default="", help=f"comma list of {','.join(ROWS)},tp,tp_feat,r56_timing,lowrank "
+                    "(default: all)")
     ap.add_argument("--redo", action="store_true", help="recompute rows already in the results")
     ap.add_argument("--results", default="benchmarks/results/compress/fewshot.json")
     ap.add_argument("--markdown", default="benchmarks/results/compress/fewshot.md")
