@@ -173,6 +173,26 @@ def count_run(task, cfg_name, seed, args, data, deadline=None):
                 wall_s=time.perf_counter() - t0, cpu_s=cpu, torch=torch.__version__)
 
 
+def _take_lock(path):
+    """A run is done by one process at a time (several ``count`` processes may share --runs): the lock file holds
+    the owner's pid; a lock whose owner is gone is taken over."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                os.kill(int(open(path).read() or 0), 0)
+                return False  # owner alive
+            except (ProcessLookupError, ValueError):
+                os.remove(path)
+                continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return True
+    return False
+
+
 def cmd_count(args):
     os.makedirs(args.runs, exist_ok=True)
     configs = [c for c in CONFIGS if not args.configs or c in args.configs.split(";")]
@@ -192,8 +212,15 @@ def cmd_count(args):
                 if deadline and time.time() > deadline:
                     print("past --stop-at: stopping", flush=True)
                     return
-                data = data or make_task(task, args, seed)
-                r = count_run(task, cfg, seed, args, data, deadline)
+                lock = _ckpt_path(args, task, cfg, seed) + ".lock"
+                if not _take_lock(lock):
+                    print(f"{task} seed {seed} {cfg}: running in another process, skipped", flush=True)
+                    continue
+                try:
+                    data = data or make_task(task, args, seed)
+                    r = count_run(task, cfg, seed, args, data, deadline)
+                finally:
+                    os.remove(lock)
                 if r is None:
                     print(f"{task} seed {seed} {cfg}: checkpointed at --stop-at", flush=True)
                     return
@@ -311,15 +338,26 @@ def cmd_report(args):
             stops = ", ".join(f"{r['status']}@{r['batches']}" for r in cr)
             lines.append(f"| {cfg} | {len(cr)} | " + " | ".join(cells) + f" | {statistics.median(best):.4f} | {stops} |")
         lines.append("")
+        # verdict on the seeds that every setting of this group has finished (a fair, paired comparison)
+        per_cfg = {c: {r["seed"]: r for r in rs if r["config"] == c} for c in CONFIGS}
+        per_cfg = {c: v for c, v in per_cfg.items() if v}
+        common = sorted(set.intersection(*(set(v) for v in per_cfg.values()))) if per_cfg else []
+        n_adam = sum(1 for c in per_cfg if c.startswith("adam"))
+        n_fw = sum(1 for c in per_cfg if c.startswith("fw"))
+        grid = f"{n_adam} Adam and {n_fw} FW settings on the seeds all of them finished, {common}"
         for t in targets:
-            ok_adam = {c: summary[(c, t)][0] for c in CONFIGS if c.startswith("adam") and summary.get((c, t))}
-            ok_fw = {c: summary[(c, t)][0] for c in CONFIGS if c.startswith("fw") and summary.get((c, t))}
-            n_adam = sum(1 for c in CONFIGS if c.startswith("adam") and (c, t) in summary)
-            n_fw = sum(1 for c in CONFIGS if c.startswith("fw") and (c, t) in summary)
+            med = {}
+            for c, by_seed in per_cfg.items():
+                vals = [by_seed[sd]["reached"].get(str(t)) for sd in common]
+                if common and all(v is not None for v in vals):
+                    med[c] = statistics.median(vals)
+            ok_adam = {c: v for c, v in med.items() if c.startswith("adam")}
+            ok_fw = {c: v for c, v in med.items() if c.startswith("fw")}
             best_adam = min(ok_adam, key=ok_adam.get) if ok_adam else None
             best_fw = min(ok_fw, key=ok_fw.get) if ok_fw else None
-            grid = f"{n_adam} Adam settings and {n_fw} FW settings run, {len(seeds_done)} seed(s)"
-            if best_fw is None and best_adam is None:
+            if not common:
+                v = "no verdict: no seed finished by every setting"
+            elif best_fw is None and best_adam is None:
                 v = f"not testable here: no optimizer reached it on every seed within {budget} mini-batches ({grid})"
             elif best_fw is None:
                 v = (f"not reproduced: best Adam ({best_adam}) {ok_adam[best_adam]:.0f} mini-batches; no FW setting "
@@ -328,10 +366,22 @@ def cmd_report(args):
                 v = (f"reproduced: {best_fw} reaches it in {ok_fw[best_fw]:.0f} mini-batches, no Adam setting on "
                      f"every seed ({grid})")
             else:
-                win = ok_fw[best_fw] < ok_adam[best_adam]
-                v = (f"{'reproduced' if win else 'not reproduced'}: best FW ({best_fw}) {ok_fw[best_fw]:.0f} vs "
-                     f"best Adam ({best_adam}) {ok_adam[best_adam]:.0f} mini-batches ({grid})")
+                a, f_ = ok_adam[best_adam], ok_fw[best_fw]
+                word = "reproduced" if f_ < a else "not reproduced (tie at this resolution)" if f_ == a else "not reproduced"
+                v = f"{word}: best FW ({best_fw}) {f_:.0f} vs best Adam ({best_adam}) {a:.0f} mini-batches ({grid})"
             verdicts.append(f"- {task} (hidden {hidden}, budget {budget}), {metric} {t}: {v}")
+    partial = sorted(glob.glob(os.path.join(args.runs, "partial", "*.pt")))
+    if partial:
+        lines += ["## Unfinished runs (checkpointed; `count` with the same arguments resumes them)", "",
+                  "| run | mini-batches done | training CPU s | best held-out so far |", "|---|---:|---:|---:|"]
+        for p in partial:
+            st = torch.load(p, weights_only=False)
+            task = os.path.basename(p).split("__")[0]
+            acc = TASKS.get(task, (None, "loss"))[1] == "accuracy"
+            best = (max(c[2] for c in st["curve"]) if acc else min(c[1] for c in st["curve"])) if st["curve"] else float("nan")
+            lines.append(f"| {os.path.basename(p)[:-3]} | {st['mb']} | {st['cpu_s']:.0f} | "
+                         f"{'accuracy' if acc else 'loss'} {best:.4f} |")
+        lines.append("")
     lines += ["## Verdicts (claim: FW reaches the target with fewer mini-batches than the best tuned Adam)", ""]
     lines += verdicts
     lines += ["", "Commands: `python benchmarks/train/bench_fw_rnn.py count --tasks TASK --seeds 0,1,2 --hidden H "
