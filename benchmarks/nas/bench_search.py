@@ -320,7 +320,7 @@ def report(args):
 def plots(args):
     """Redraw pareto.png of the committed searches (OUT/search/evolution, OUT/search/random) from their
     results.json: the x axis of the latency panel is the look-up-table ESTIMATE (the search times nothing)."""
-    from slimkit.nas.plots import replot
+    from slimkit.report.search_plot import replot
 
     for name in ("evolution", "random"):
         d = os.path.join(args.out, "search", name)

@@ -122,7 +122,7 @@ def _lut(args, space, budget):
 
 
 def _write_outputs(args, result, lut):
-    from slimkit.nas.plots import _title, latency_label, points_from_results, search_pareto_plot
+    from slimkit.report.search_plot import _title, latency_label, points_from_results, search_pareto_plot
     from slimkit.report.table import format_table, to_markdown
 
     rows = sorted(result.history, key=lambda r: -r["accuracy"])

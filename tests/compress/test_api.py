@@ -97,7 +97,7 @@ def test_accepts_config_list():
 
 def test_fold_prune_distill_pairs_every_layer():
     data = tiny_data(n_batches=4)
-    res = compress(tiny_model(), data[0][0][:1], "fold,prune(macs=0.6),distill(steps=1,views=1)",
+    res = compress(tiny_model(), data[0][0][:1], "fold,prune(macs=0.6),distill(method=layerwise,bnrecal=false,steps=1,views=1)",
                    data=data, progress=False, latency_batches=())
     # the teacher is the folded model (before the first lossy pass): every pruned layer maps onto it
     assert set(res.model.distill_report) == {"stem", "conv1", "conv2", "side", "fc"}

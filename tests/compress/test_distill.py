@@ -76,7 +76,7 @@ def test_layerwise_methods_move_student_towards_teacher(method):
     data = tiny_data(n_batches=4)
     x = torch.cat([b[0] for b in data])
     ctx = CompressContext(teacher=teacher, data=data, progress=False)
-    out = distill(student, x[:1], DistillConfig(method=method, select="keep", k=None, views=1, steps=0), ctx)
+    out = distill(student, x[:1], DistillConfig(method=method, bnrecal=False, select="keep", k=None, views=1, steps=0), ctx)
     assert set(out.distill_report) == {"stem", "conv1", "conv2", "side", "fc"}
     assert logit_mse(out, teacher, x) < 0.7 * logit_mse(student, teacher, x)
     assert student.conv1.weight.shape == out.conv1.weight.shape == (5, 8, 3, 3)
@@ -90,7 +90,7 @@ def test_function_matching_lowers_the_kl_to_the_teacher():
     data = tiny_data(n_batches=4)
     X = torch.cat([b[0] for b in data])
     ctx = CompressContext(teacher=teacher, data=data, progress=False)
-    out = distill(student, X[:1], DistillConfig(method="finetune", k=None, steps=60, lr=0.05, batch_size=16), ctx)
+    out = distill(student, X[:1], DistillConfig(method="finetune", bnrecal=False, k=None, steps=60, lr=0.05, batch_size=16), ctx)
     with torch.no_grad():
         assert float(kd_loss(out(X), teacher(X), 1.0)) < 0.8 * float(kd_loss(student(X), teacher(X), 1.0))
     assert out.distill_report == {}
@@ -100,7 +100,7 @@ def test_distill_through_compress_uses_original_as_teacher():
     teacher = tiny_model()
     student = hand_pruned(teacher)
     # compress() is handed the student; its own "teacher" is then the student, so channel maps are identity
-    res = compress(student, torch.randn(1, 3, 8, 8), "distill(steps=2,views=1)", data=tiny_data(),
+    res = compress(student, torch.randn(1, 3, 8, 8), "distill(method=layerwise,steps=2,views=1)", data=tiny_data(),
                    progress=False, latency_batches=())
     assert res.model.conv1.weight.shape == (5, 8, 3, 3)
     # ... and it is distilled towards that original (the student), not the unpruned net it came from
@@ -109,7 +109,7 @@ def test_distill_through_compress_uses_original_as_teacher():
     # handed the unpruned net, compress() prunes it and distill pulls the pruned model back towards it
     data = tiny_data(n_batches=4)
     pruned = compress(teacher, x[:1], "prune(macs=0.6)", data=data, progress=False, latency_batches=()).model
-    recovered = compress(teacher, x[:1], "prune(macs=0.6),distill(steps=2,views=1)", data=data, progress=False,
+    recovered = compress(teacher, x[:1], "prune(macs=0.6),distill(method=layerwise,steps=2,views=1)", data=data, progress=False,
                          latency_batches=()).model
     assert logit_mse(recovered, teacher, x) < 0.5 * logit_mse(pruned, teacher, x)
 
@@ -131,8 +131,8 @@ def test_lsq_solver_is_the_exact_minimiser():
     x = torch.cat([b[0] for b in data])
     ctx = CompressContext(teacher=teacher, data=data, progress=False)
     cfg = dict(method="layerwise", select="keep", k=None, views=1, steps=0)
-    lsq = distill(student, x[:1], DistillConfig(solver="lsq", ridge=0.0, **cfg), ctx)
-    adam = distill(student, x[:1], DistillConfig(solver="adam", iters=30, lr=1e-2, **cfg), ctx)
+    lsq = distill(student, x[:1], DistillConfig(bnrecal=False, solver="lsq", ridge=0.0, **cfg), ctx)
+    adam = distill(student, x[:1], DistillConfig(bnrecal=False, solver="adam", iters=30, lr=1e-2, **cfg), ctx)
     xs, _ = _io(lsq, "conv2", x)
     _, yt = _io(teacher, "conv2", x)
     from slimkit.compress.distill import _flat_weight, _responses, _rows
@@ -156,7 +156,7 @@ def test_recon_reselects_chain_channels_and_refits_the_reader_exactly():
     data = tiny_data(n_batches=4)
     x = torch.cat([b[0] for b in data])
     ctx = CompressContext(teacher=teacher, data=data, progress=False)
-    out = distill(student, x[:1], DistillConfig(select="recon", k=None, views=1, steps=0, ridge=0.0), ctx)
+    out = distill(student, x[:1], DistillConfig(method="layerwise", bnrecal=False, select="recon", k=None, views=1, steps=0, ridge=0.0), ctx)
     chain = prune_record(out).chains[0]
     assert len(chain.kept) == 5 and out.conv1.weight.shape[0] == out.conv2.weight.shape[1] == 5
     assert prune_record(out).kept["conv2"][1].tolist() == chain.kept.tolist()
@@ -168,5 +168,5 @@ def test_recon_reselects_chain_channels_and_refits_the_reader_exactly():
     ref = torch.linalg.lstsq(_rows(out.conv2, xs).double(), _responses(yt).double()).solution
     torch.testing.assert_close(_flat_weight(out.conv2), ref, rtol=1e-3, atol=1e-4)
     keep = distill(with_record(hand_pruned(teacher), teacher), x[:1],
-                   DistillConfig(select="keep", k=None, views=1, steps=0, ridge=0.0), ctx)
+                   DistillConfig(method="layerwise", bnrecal=False, select="keep", k=None, views=1, steps=0, ridge=0.0), ctx)
     assert float(((_io(out, "conv2", x)[1] - yt) ** 2).mean()) <= float(((_io(keep, "conv2", x)[1] - yt) ** 2).mean())

@@ -63,7 +63,7 @@ def test_resnet56_lambda_shortcut_pipeline():
         model.train()
         model(x)
         model.eval()
-    recipe = "drop(blocks=2),prune(macs=0.6,coupled=false),distill(views=1,steps=3,k=2)"
+    recipe = "drop(blocks=2),prune(macs=0.6,coupled=false),distill(method=layerwise,views=1,steps=3,k=2)"
     res = compress(model, x[:1], recipe, data=TensorDataset(x, y), eval_data=(x, y), progress=False,
                    latency_batches=())
     out = res.model

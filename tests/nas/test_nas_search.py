@@ -147,7 +147,7 @@ def test_search_plot_labels_latency_as_the_lut_estimate(tmp_path):
     """The search never times a whole network: its latency axis must not say "measured"."""
     import matplotlib.pyplot as plt
 
-    from slimkit.nas.plots import latency_label, replot, search_figure
+    from slimkit.report.search_plot import latency_label, replot, search_figure
 
     history = [{"spec": f"s{i}", "accuracy": 10.0 + i, "macs": 1e6 * (i + 1), "latency_ms": 1.0 + i} for i in range(4)]
     fig = search_figure([{"label": "", **r} for r in history], "t", latency_label("eager", 1))

@@ -1,4 +1,4 @@
-"""The search's accuracy-vs-cost plot.
+"""The search's accuracy-vs-cost plot (in report: it reuses report.plots' Pareto rule; the nas CLI draws it).
 
 A search never times a whole network: its ``latency_ms`` is the look-up-table ESTIMATE (sum of per-block
 latencies measured alone, times the table's calibration scale), so the latency axis says so. The shared
