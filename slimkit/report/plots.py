@@ -11,16 +11,15 @@ def _pareto(points, key):
     return front
 
 
-def pareto_plot(points, path, title="accuracy vs cost"):
-    """``points``: dicts with label, accuracy (%), and macs and/or latency_ms. Writes a PNG with one
-    panel per cost axis present (accuracy vs MACs, accuracy vs measured latency); Pareto points
-    are joined by a line. Returns ``path``."""
+def pareto_figure(points, title, latency_label="measured latency (ms)", accuracy_label="top-1 accuracy (%)"):
+    """The figure: one panel per cost axis present (accuracy vs MACs, accuracy vs latency); Pareto points
+    joined by a line. ``points``: dicts with label, accuracy (%), and macs and/or latency_ms."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    axes_keys = [(k, lbl) for k, lbl in (("macs", "MACs (millions)"), ("latency_ms", "measured latency (ms)"))
+    axes_keys = [(k, lbl) for k, lbl in (("macs", "MACs (millions)"), ("latency_ms", latency_label))
                  if any(p.get(k) is not None for p in points)]
     if not axes_keys:
         raise ValueError("pareto_plot: points need 'macs' or 'latency_ms' values")
@@ -36,10 +35,18 @@ def pareto_plot(points, path, title="accuracy vs cost"):
             ax.plot([p[key] / scale for p in front], [p["accuracy"] for p in front], "k--", lw=0.8, label="Pareto front")
             ax.legend(fontsize=8)
         ax.set_xlabel(label)
-        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_ylabel(accuracy_label)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def pareto_plot(points, path, title="accuracy vs cost"):
+    """Writes :func:`pareto_figure` (latency axis: measured) as a PNG; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig = pareto_figure(points, title)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

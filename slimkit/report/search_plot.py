@@ -19,34 +19,9 @@ def latency_label(runtime=None, threads=None):
 def search_figure(points, title, lat_label=None):
     """The matplotlib figure: one panel per cost present (MACs; LUT-estimated latency), Pareto points
     joined. ``points``: dicts with label, accuracy (%), macs and/or latency_ms."""
-    import matplotlib
+    from slimkit.report.plots import pareto_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from slimkit.report.plots import _pareto
-
-    axes_keys = [(k, lbl) for k, lbl in (("macs", "MACs (millions)"), ("latency_ms", lat_label or latency_label()))
-                 if any(p.get(k) is not None for p in points)]
-    if not axes_keys:
-        raise ValueError("search plot: points need 'macs' or 'latency_ms' values")
-    fig, axes = plt.subplots(1, len(axes_keys), figsize=(6 * len(axes_keys), 4.5), squeeze=False)
-    for ax, (key, label) in zip(axes[0], axes_keys):
-        pts = [p for p in points if p.get(key) is not None and p.get("accuracy") is not None]
-        scale = 1e6 if key == "macs" else 1.0
-        for p in pts:
-            ax.scatter(p[key] / scale, p["accuracy"], s=30)
-            ax.annotate(p["label"], (p[key] / scale, p["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        front = sorted((pts[i] for i in _pareto(pts, key)), key=lambda p: p[key])
-        if len(front) > 1:
-            ax.plot([p[key] / scale for p in front], [p["accuracy"] for p in front], "k--", lw=0.8, label="Pareto front")
-            ax.legend(fontsize=8)
-        ax.set_xlabel(label)
-        ax.set_ylabel("accuracy in the supernet (%)")
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return pareto_figure(points, title, lat_label or latency_label(), "accuracy in the supernet (%)")
 
 
 def search_pareto_plot(points, path, title, lat_label=None):
