@@ -103,7 +103,9 @@ def step_compress(ctx: DemoContext):
     tx = torch.stack([ctx.splits.test[i][0] for i in range(len(ctx.splits.test))])
     ty = torch.as_tensor([int(ctx.splits.test[i][1]) for i in range(len(ctx.splits.test))])
     # Prune with BatchNorm in place, recover, then fold (fine-tuning a BN-folded net trains worse).
-    recipe = ctx.recipe or f"prune(macs=0.5,coupled=false),distill(method=layerwise,k={k},steps={100 if ctx.quick else 300}),fold"  # short fine-tunes need the layer-wise refit
+    # The layer-wise refit first: these fine-tunes are short (100-300 steps).
+    steps = 100 if ctx.quick else 300
+    recipe = ctx.recipe or f"prune(macs=0.5,coupled=false),distill(method=layerwise,k={k},steps={steps}),fold"
     res = slimkit.compress(ctx.model, ctx.example_inputs, recipe, data=[(xs, ys)], eval_data=[(tx, ty)],
                            progress=ctx.progress, latency_batches=(1,) if ctx.quick else (1, 64),
                            latency_repeats=5 if ctx.quick else 20)

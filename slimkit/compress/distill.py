@@ -51,8 +51,9 @@ class DistillConfig(PassConfig):
     function-matching fine-tune (SGD one-cycle, peak lr); temperature: of the KL; features: weight of the
     feature MSE (each term relative to the teacher's feature energy) at ``feature_at``: every block's output
     (``blocks``, the teacher's blocks found by name in the student) or the classifier's input (``penultimate``);
-    crop: the function-matching views' crop (``shift``: padded shift, ``resized``: random-resized crop); mix: mixup/cutmix between the images; flip: horizontal flips (``auto``: when the
-    teacher says mirrored images keep their class)."""
+    crop: the function-matching views' crop (``shift``: padded shift, ``resized``: random-resized crop);
+    mix: mixup/cutmix between the images; flip: horizontal flips (``auto``: when the teacher says mirrored
+    images keep their class)."""
 
     name = "distill"
     lossless = False

@@ -1,17 +1,14 @@
 """Augmented views of a few images, shared by the recovery passes (BN recalibration, distillation, synthesis).
 
 ``random_views(x, gen, crop=True, flip=True)``: per image, a random shift of up to 1/8 of the size (zero-padded
-crop; ``crop="resized"``: a random-resized crop instead) and a random horizontal flip. ``mix(x, gen, mode)``: mixup or cutmix between images of the batch (a random
-partner each). Non-image inputs (not 4-D) pass through unchanged. ``flip_safe(teacher, x)`` decides whether
+crop; ``crop="resized"``: a random-resized crop instead) and a random horizontal flip. ``mix(x, gen, mode)``:
+mixup or cutmix between images of the batch (a random partner each). Non-image inputs (not 4-D) pass through unchanged. ``flip_safe(teacher, x)`` decides whether
 horizontal flips keep the data's meaning, by asking the teacher (digits and text change class when mirrored).
 """
 import torch
 import torch.nn.functional as F
 
 MIX_MODES = ("none", "mixup", "cutmix", "both")
-
-
-CROP_MODES = ("none", "shift", "resized")
 
 
 def random_views(x, gen, crop=True, flip=True):

@@ -42,11 +42,12 @@ def pareto_figure(points, title, latency_label="measured latency (ms)", accuracy
     return fig
 
 
-def pareto_plot(points, path, title="accuracy vs cost"):
-    """Writes :func:`pareto_figure` (latency axis: measured) as a PNG; returns ``path``."""
+def pareto_plot(points, path, title="accuracy vs cost", **labels):
+    """Writes :func:`pareto_figure` as a PNG (``labels``: its axis labels; by default the latency is
+    measured); returns ``path``."""
     import matplotlib.pyplot as plt
 
-    fig = pareto_figure(points, title)
+    fig = pareto_figure(points, title, **labels)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

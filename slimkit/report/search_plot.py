@@ -2,12 +2,13 @@
 
 A search never times a whole network: its ``latency_ms`` is the look-up-table ESTIMATE (sum of per-block
 latencies measured alone, times the table's calibration scale), so the latency axis says so. The shared
-``slimkit.report.plots.pareto_plot`` labels its latency axis "measured latency", which is right for
-``slimkit compress`` (it times the networks) and wrong here; this module draws the same panels with the
-search's own labels and reuses its Pareto rule.
+``slimkit.report.plots.pareto_figure`` labels its latency axis "measured latency" by default, which is right
+for ``slimkit compress`` (it times the networks) and wrong here; this module passes the search's own labels.
 """
 import json
 import os
+
+_ACCURACY = "accuracy in the supernet (%)"
 
 
 def latency_label(runtime=None, threads=None):
@@ -21,17 +22,14 @@ def search_figure(points, title, lat_label=None):
     joined. ``points``: dicts with label, accuracy (%), macs and/or latency_ms."""
     from slimkit.report.plots import pareto_figure
 
-    return pareto_figure(points, title, lat_label or latency_label(), "accuracy in the supernet (%)")
+    return pareto_figure(points, title, lat_label or latency_label(), _ACCURACY)
 
 
 def search_pareto_plot(points, path, title, lat_label=None):
     """Write :func:`search_figure` as a PNG; returns ``path``."""
-    import matplotlib.pyplot as plt
+    from slimkit.report.plots import pareto_plot
 
-    fig = search_figure(points, title, lat_label)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return pareto_plot(points, path, title, latency_label=lat_label or latency_label(), accuracy_label=_ACCURACY)
 
 
 def points_from_results(history, best_spec=None):
