@@ -54,7 +54,7 @@ def step_data(ctx: DemoContext):
 def step_model(ctx: DemoContext):
     import torch
 
-    from slimkit.train._cli import build_model
+    from slimkit.train.build import build_model
 
     torch.manual_seed(ctx.seed)
     ctx.model = build_model(ctx.model_name, ctx.splits)
@@ -135,24 +135,6 @@ def run_demo(out_dir="runs/demo", *, epochs=8, quick=False, model="lenet5", seed
         ctx.timings[name] = time.perf_counter() - t0
     ctx.say(f"done in {sum(ctx.timings.values()):.1f} s; outputs in {out_dir}")
     return ctx
-
-
-def add_arguments(parser):
-    parser.add_argument("--out", default=os.path.join("runs", "demo"), help="output directory (default runs/demo)")
-    parser.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
-    parser.add_argument("--quick", action="store_true", help="at most 3 epochs, for tests and smoke runs")
-    parser.add_argument("--model", default="lenet5", help="zoo model to train (default lenet5)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier demo in --out")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def run(args) -> int:
-    if args.epochs < 1:
-        raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
-    run_demo(args.out, epochs=args.epochs, quick=args.quick, model=args.model, seed=args.seed,
-             progress=not args.no_progress, overwrite=args.overwrite)
-    return 0
 
 
 def _resized(splits, size):

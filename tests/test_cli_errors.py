@@ -2,7 +2,7 @@
 --debug (before or after the command) and SLIMKIT_DEBUG=1 show the traceback instead."""
 import pytest
 
-import slimkit.demo
+import slimkit.cli.demo
 from slimkit import cli
 from slimkit.errors import DataError
 
@@ -11,7 +11,7 @@ def _failing_demo(monkeypatch, exc):
     def run(args):
         raise exc
 
-    monkeypatch.setattr(slimkit.demo, "run", run)
+    monkeypatch.setattr(slimkit.cli.demo, "run", run)
 
 
 @pytest.mark.parametrize("exc,line", [

@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 import slimkit.data
 from slimkit.cli import main
 from slimkit.models import ModelInfo, _registry
-from slimkit.train import _cli
+from slimkit.cli import train as train_cli
 
 
 def _tiny(num_classes=2):
@@ -75,8 +75,8 @@ def test_yaml_values_are_overridden_by_flags(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"model": "m1", "epochs": 7, "lr": 0.3, "optimizer_options": {"momentum": 0.5}}))
     parser = __import__("argparse").ArgumentParser()
-    _cli.add_arguments(parser)
-    s = _cli.resolve_settings(parser.parse_args(["--config", str(cfg), "--epochs", "2", "--optim-opts", "momentum=0"]))
+    train_cli.add_arguments(parser)
+    s = train_cli.resolve_settings(parser.parse_args(["--config", str(cfg), "--epochs", "2", "--optim-opts", "momentum=0"]))
     assert s == {"model": "m1", "epochs": 2, "lr": 0.3, "optimizer_options": {"momentum": 0}, "meta": {}}
 
 
@@ -127,7 +127,7 @@ def test_nproc_relaunches_under_torchrun(fake_zoo, monkeypatch, tmp_path):
 def test_option_flags_use_the_recipe_grammar(text, expected, recwarn):
     from slimkit.registry import parse_spec
 
-    assert _cli.parse_options(text) == expected
+    assert train_cli.parse_options(text) == expected
     assert parse_spec(f"sgd({text})") == ("sgd", expected)  # the same reading as --optim 'sgd(...)'
     assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning)]
 
@@ -140,10 +140,10 @@ def test_option_flags_use_the_recipe_grammar(text, expected, recwarn):
 ])
 def test_option_flags_keep_the_old_yaml_readings_with_a_deprecation_warning(text, expected, advice):
     with pytest.warns(DeprecationWarning, match=advice.replace("(", r"\(").replace(")", r"\)")):
-        assert _cli.parse_options(text, "--optim-opts") == expected
+        assert train_cli.parse_options(text, "--optim-opts") == expected
 
 
 def test_option_flags_name_the_bad_item():
     with pytest.raises(ValueError, match="bad --sampler-opts item 'mixture'.*FIELD=VALUE"):
-        _cli.parse_options("mixture", "--sampler-opts")
-    assert _cli.parse_options({"momentum": 0.5}) == {"momentum": 0.5}  # a YAML mapping in --config stays as is
+        train_cli.parse_options("mixture", "--sampler-opts")
+    assert train_cli.parse_options({"momentum": 0.5}) == {"momentum": 0.5}  # a YAML mapping in --config stays as is

@@ -14,7 +14,7 @@ from slimkit.cli import main
 from slimkit.errors import CheckpointError, OutputError, TrainingError
 from slimkit.models import ModelInfo, _registry
 from slimkit.train import TrainConfig, fit, load_checkpoint
-from slimkit.train import _cli
+from slimkit.cli import train as train_cli
 
 BASE = dict(batch_size=32, lr=0.05, optimizer="sgd", progress=False, seed=3)
 
@@ -69,7 +69,7 @@ def test_skip_drops_the_bad_steps_and_counts_them(tmp_path):
 
 def test_default_learning_rate_does_not_diverge_on_the_demo_task():
     # lenet5 on the embedded digits with every training default (the old SGD lr 0.1 went NaN in epoch 2).
-    from slimkit.train._cli import build_model
+    from slimkit.train.build import build_model
 
     splits = slimkit.data.load_dataset("digits?resize=28")
     torch.manual_seed(0)
@@ -147,7 +147,7 @@ def test_cli_bad_settings_are_one_line(fake_zoo, tmp_path, capsys, argv, msg):
 
 def test_cli_bad_settings_under_nproc_fail_before_torchrun(fake_zoo, tmp_path, capsys, monkeypatch):
     launched = []
-    monkeypatch.setattr(_cli, "_relaunch", lambda *a, **k: launched.append(a) or 0)
+    monkeypatch.setattr(train_cli, "_relaunch", lambda *a, **k: launched.append(a) or 0)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     for bad in (["--compress", "nosuch(bits=2)"], ["--compress", "ecq(alpha=nan)"], ["--optim-opts", "banana=3"]):
         assert _train(tmp_path / "o", "--nproc", "2", *bad) == 2

@@ -46,7 +46,7 @@ def add_arguments(p):
 
 
 def _options(text, what):
-    from slimkit.train._cli import parse_options
+    from slimkit.train.config import parse_options
 
     return parse_options(text, what) if text else {}
 

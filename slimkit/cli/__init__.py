@@ -1,7 +1,8 @@
 """The ``slimkit`` command: a thin layer over the library, one module per sub-command.
 
-Each command module exposes ``add_arguments(parser)`` and ``run(args) -> int``; its docstring's
-first line is the help text. Heavy imports happen inside ``run``.
+Each command is a module of this package (``slimkit.cli.train`` for ``slimkit train``) with
+``add_arguments(parser)`` and ``run(args) -> int``; its docstring's first line is the help text.
+Heavy imports happen inside ``run``; the work itself is the library's.
 
 Bad input, unreadable or unsafe files, unusable output paths and running out of memory end the
 command with one line on stderr and exit code 2 (130 after Ctrl-C); ``--debug`` (or SLIMKIT_DEBUG=1)
@@ -14,13 +15,7 @@ import sys
 
 from slimkit.errors import SlimkitError
 
-COMMANDS = {
-    "demo": "slimkit.demo",
-    "profile": "slimkit.profile._cli",
-    "train": "slimkit.train._cli",
-    "compress": "slimkit.compress._cli",
-    "search": "slimkit.nas._cli",
-}
+COMMANDS = {name: f"slimkit.cli.{name}" for name in ("demo", "profile", "train", "compress", "search")}
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
 
 
@@ -82,7 +77,3 @@ def main(argv=None):
             raise
         print(f"slimkit {args.command}: error: {error_line(err)}", file=sys.stderr)
         return EXIT_ERROR
-
-
-if __name__ == "__main__":
-    sys.exit(main())
