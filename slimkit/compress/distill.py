@@ -29,9 +29,10 @@ from typing import Literal, Optional
 import torch
 import torch.nn.functional as F
 
-from slimkit.compress._hooks import run_hooked
+from slimkit.compress import _hooks
 from slimkit.compress.base import PassConfig, register_pass
 from slimkit.compress.bnrecal import recalibrate
+from slimkit.compress.im2col import input_rows, output_rows
 from slimkit.compress.importance import gram_solve
 from slimkit.compress.matching import MatchSettings, function_matching
 from slimkit.compress.recon import Quadratic, greedy_select, solve
@@ -170,21 +171,13 @@ def _capture(model, names, X, batch, outputs=()):
 
 def execution_order(model, x):
     """Conv/linear module names in the order of their first call on ``x``."""
-    order = []
-    handles = [m.register_forward_pre_hook(lambda m, a, n=n: order.append(n) if n not in order else None)
-               for n, m in model.named_modules() if isinstance(m, _LAYERS)]
-    run_hooked(model, x, handles)
-    return order
+    return _hooks.execution_order(model, x, lambda m: isinstance(m, _LAYERS))
 
 
 # ---------------------------------------------------------------- least-squares pieces
 def _rows(layer, x):
     """The layer's input as a design matrix: one row per output position, (rows, in*kh*kw [+1])."""
-    if isinstance(layer, torch.nn.Conv2d):
-        cols = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
-        a = cols.transpose(1, 2).reshape(-1, cols.shape[1])
-    else:
-        a = x.reshape(-1, x.shape[-1])
+    a = input_rows(layer, x)
     if layer.bias is not None:
         a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype)], 1)
     return a.float()
@@ -192,9 +185,7 @@ def _rows(layer, x):
 
 def _responses(y):
     """Layer outputs matched row for row with ``_rows``: (rows, out)."""
-    if y.dim() == 4:
-        y = y.permute(0, 2, 3, 1)
-    return y.reshape(-1, y.shape[-1]).float()
+    return output_rows(y).float()
 
 
 def _tt(a, b):

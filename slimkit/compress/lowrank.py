@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from slimkit.compress._hooks import record_layer_io
 from slimkit.compress.base import CompressContext, PassConfig, register_pass
 from slimkit.model_io import Example
 
@@ -267,17 +268,7 @@ def replace_layers(model, infos, picks):
 
 def _calibrator(model, infos, batches):
     """Relative output error of a replacement layer on the layer's recorded real inputs."""
-    recorded, hooks = {}, []
-    for name, info in infos.items():
-        hooks.append(model.get_submodule(name).register_forward_hook(
-            lambda m, inp, out, name=name: recorded.setdefault(name, []).append(inp[0].detach())))
-    with torch.no_grad():
-        try:
-            for b in batches:
-                b(model)
-        finally:
-            for h in hooks:
-                h.remove()
+    recorded, _ = record_layer_io(model, list(infos), batches)
 
     @torch.no_grad()
     def calib(name, new):

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from slimkit.compress._hooks import execution_order, record_layer_io
 from slimkit.compress.base import PassConfig, register_pass
+from slimkit.compress.im2col import input_rows, output_rows
 from slimkit.errors import SlimkitError
-from slimkit.model_io import Example
 
 
 @dataclass
@@ -252,22 +253,8 @@ def error_correct(codebooks, indices, G, A, t2, iters):
 
 def _layer_io(model, name, batches, want_output):
     """Inputs (and outputs) of module ``name`` over ``batches``."""
-    mod = model.get_submodule(name)
-    ins, outs = [], []
-
-    def hook(m, args, out):
-        ins.append(args[0].detach())
-        if want_output:
-            outs.append(out.detach())
-
-    h = mod.register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            for x in batches:
-                model(x)
-    finally:
-        h.remove()
-    return torch.cat(ins), (torch.cat(outs) if want_output else None)
+    ins, outs = record_layer_io(model, [name], batches, want_output)
+    return torch.cat(ins.get(name, [])), (torch.cat(outs.get(name, [])) if want_output else None)
 
 
 def _layer_stats(layer, x, y, chunk=8):
@@ -276,12 +263,7 @@ def _layer_stats(layer, x, y, chunk=8):
     t2 = 0.0
     for i in range(0, len(x), chunk):
         xs, ys = x[i:i + chunk].float(), y[i:i + chunk].float()
-        if isinstance(layer, torch.nn.Conv2d):
-            cols = F.unfold(xs, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # [n, Cs*P, L]
-            S = cols.permute(0, 2, 1).reshape(-1, cols.shape[1])
-            T = ys.reshape(ys.shape[0], layer.out_channels, -1).permute(0, 2, 1).reshape(-1, layer.out_channels)
-        else:
-            S, T = xs.reshape(-1, layer.in_features), ys.reshape(-1, layer.out_features)
+        S, T = input_rows(layer, xs), output_rows(ys, layer)  # im2col: one row per output position
         if layer.bias is not None:
             T = T - layer.bias.detach()
         g, a, t = response_stats(S, T)
@@ -290,14 +272,7 @@ def _layer_stats(layer, x, y, chunk=8):
 
 
 def _execution_order(model, example_inputs):
-    order = []
-    hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: order.append(n)) for n, m in model.named_modules()
-             if type(m) in (torch.nn.Conv2d, torch.nn.Linear)]
-    with torch.no_grad():
-        Example.of(example_inputs)(model)
-    for h in hooks:
-        h.remove()
-    return list(dict.fromkeys(order))
+    return execution_order(model, example_inputs, lambda m: type(m) in (torch.nn.Conv2d, torch.nn.Linear))
 
 
 @register_pass(PQConfig)

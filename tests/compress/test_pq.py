@@ -21,6 +21,18 @@ def test_pack_unpack_round_trip(bits, n, seed):
     assert np.array_equal(unpack_indices(packed, bits, n), a)
 
 
+def test_packed_indices_keep_their_msb_first_byte_format():
+    # the stored form of pq's codes: each index's low `bits` bits, most significant first, bytes filled from
+    # their top bit (np.packbits); unlike comm/packing.py, which fills bytes from the low bit
+    assert pack_indices(np.array([1, 2, 3, 0], np.uint8), 2).tolist() == [0b01101100]
+    assert pack_indices(np.array([5, 1, 7], np.uint8), 3).tolist() == [0b10100111, 0b10000000]
+    assert pack_indices(np.array([0xAB, 0x0F], np.uint8), 8).tolist() == [0xAB, 0x0F]
+    assert unpack_indices(np.array([0b10100111, 0b10000000], np.uint8), 3, 3).tolist() == [5, 1, 7]
+    idx = torch.tensor([[[1], [2], [3], [0]]])  # M=1 subspace, out=4, P=1; k=4 codewords: 2 bits
+    layer = PQLinear(torch.zeros(1, 4, 1), idx, None, "float16")
+    assert layer.packed_state()["packed_indices"].tolist() == [0b01101100]
+
+
 def test_kmeans_exact_when_few_distinct_vectors():
     g = torch.Generator().manual_seed(0)
     w = torch.randn(3, 4, 1)  # 3 output rows -> 3 sub-vectors per subspace <= k: lossless
