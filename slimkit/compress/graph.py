@@ -609,8 +609,8 @@ class ChannelGraph:
         perm = [1, 0] if len(x.shape) == 2 else [0]
         return self._permute(x, perm, _meta_shape(node.meta["val"]))
 
-    def _op_numpy_T(self, node):
-        x = self._val(node.args[0])
+    @_tracked_input
+    def _op_numpy_T(self, node, x):
         return self._permute(x, list(range(len(x.shape)))[::-1], _meta_shape(node.meta["val"]))
 
     @_tracked_input

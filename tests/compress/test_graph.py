@@ -146,3 +146,33 @@ def test_data_dependent_branch_raises_with_name():
 
     with pytest.raises(GraphError, match="Branchy.*data-dependent"):
         build_graph(Branchy(), torch.randn(1, 3))
+
+
+class Transposes(nn.Module):
+    """``.T`` (aten.numpy_T) and ``.permute`` of the same 3-D activation feed two heads."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 6), nn.Linear(3, 2), nn.Linear(3, 2)
+
+    def forward(self, x):  # x: [3, 5, 4]
+        y = self.a(x)  # [3, 5, 6]
+        return self.b(y.T).sum() + self.c(y.permute(2, 1, 0)).sum()
+
+
+def test_numpy_T_follows_channels_like_permute_and_untracked_input_stays_untracked():
+    import types
+
+    from slimkit.compress.graph import Val
+
+    g = build_graph(Transposes().eval(), torch.randn(3, 5, 4))
+    assert any(n.target is torch.ops.aten.numpy_T.default for n in g.cap.program.graph.nodes)
+    a_channels = g.group_ids(g.param_elems["a.weight"][0]).tolist()
+    assert a_channels == g.group_ids(g.param_elems["a.bias"][0]).tolist()  # .T moved a's channels to dim 0, the
+    # dim both heads reduce over their last dim (size 3) is not a's: a's groups reach neither head's weight
+    assert not set(a_channels) & set(g.group_ids(g.param_elems["b.weight"][1]).tolist())
+    # an input without a channel record (not a graph value, like the other handlers' untracked inputs)
+    fake = types.SimpleNamespace(args=(None,), meta={"val": torch.empty(4, 3)})
+    out = g._op_numpy_T(fake)
+    assert isinstance(out, Val) and (out.shape, out.tracks) == ((4, 3), [])
+    assert (g._op_t(fake).shape, g._op_t(fake).tracks) == ((4, 3), [])  # as its sibling does
