@@ -5,6 +5,8 @@ per producer (divided by its mean) so groups from different layers compare fairl
 a group's score is the mean over its members.
 
 - ``l1`` / ``l2``: norm of the channel's output filter, divided by its fan-in (weight only, data-free).
+- ``group_l1``: mean over every weight the channel touches (producer filter, consumer input slices, BN
+  scale), each member's L1 normalised by its mean (data-free).
 - ``bn_scale``: |gamma| of the BatchNorm that follows the channel (network slimming); channels
   without a BN fall back to ``l2``.
 - ``vote``: majority voting of activations (needs data): each sample votes for the top-``q``
@@ -49,6 +51,37 @@ def l1(graph, activations=None):
 @register_importance("l2")
 def l2(graph, activations=None):
     return _norm_scores(graph, 2)
+
+
+@register_importance("group_l1")
+def group_l1(graph, activations=None):
+    """Every weight a channel touches, not only the filter that makes it: the producer's output filter, each
+    consumer's input slice and the BatchNorm scale, each member's L1 normalised by its mean (so layers of
+    other sizes weigh the same) and averaged per channel group (DepGraph's group-level magnitude)."""
+    import numpy as np
+
+    bn_weights = {w for w, _, _ in graph.bn_params}
+    total, count = {}, {}
+    for fqn, dims in graph.param_elems.items():
+        w = _tensor(graph, fqn).float()
+        if w.dim() < 2 and fqn not in bn_weights:  # biases say nothing about a channel's use
+            continue
+        for d, elems in dims.items():
+            gids = graph.group_ids(elems)
+            if (gids < 0).all():  # a kernel position or a fixed input channel
+                continue
+            s = w.movedim(d, 0).reshape(w.shape[d], -1).abs().sum(1)
+            s = (s / s.mean().clamp_min(1e-12)).numpy()
+            for g, v in zip(gids.tolist(), s.tolist()):
+                if g >= 0:
+                    total[g] = total.get(g, 0.0) + v
+                    count[g] = count.get(g, 0) + 1
+    out = {}
+    for prod in graph.unique_producers():
+        gids = graph.group_ids(graph.param_elems[prod.param][prod.dim]).tolist()
+        out[(prod.param, prod.dim)] = torch.tensor(np.array([total.get(g, 0.0) / max(count.get(g, 1), 1)
+                                                             for g in gids], dtype=np.float32))
+    return out
 
 
 @register_importance("bn_scale")

@@ -76,7 +76,7 @@ def parse_mapping(value, what, cast):
 @dataclass
 class PruneConfig(PassConfig):
     """``macs``: fraction of MACs to keep; ``ratio``: fraction of channels to remove per layer (or
-    globally); ``criterion``: l1|l2|bn_scale|vote|redundancy; ``round_to``: kept channels per layer
+    globally); ``criterion``: l1|l2|group_l1|bn_scale|vote|redundancy; ``round_to``: kept channels per layer
     cluster rounded up to a multiple (an int, or per layer type ``Conv2d:8|Linear:16|heads:1``);
     ``exclude``: modules left unchanged (names/globs, ``|``-separated); ``ratios``: fixed removed
     fractions per module pattern; ``tau``: redundancy threshold; ``q``: vote top fraction;

@@ -31,7 +31,7 @@ def _graph():
 
 def test_magnitude_and_bn_scores_exact():
     g = _graph()
-    assert list_importances() == ["bn_scale", "l1", "l2", "redundancy", "vote"]
+    assert list_importances() == ["bn_scale", "group_l1", "l1", "l2", "redundancy", "vote"]
     l1 = get_importance("l1")(g)[A]
     torch.testing.assert_close(l1, torch.tensor([1.0, 2 / 3, 0.1, 3.0]))
     torch.testing.assert_close(get_importance("bn_scale")(g)[A], torch.tensor([0.1, 2.0, 1.0, 0.5]))
@@ -39,6 +39,19 @@ def test_magnitude_and_bn_scores_exact():
     assert sorted(scores.values()) == pytest.approx([0.5, 1.0, 1.0, 1.5])  # divided by the layer mean
     with pytest.raises(ValueError, match="expected one of"):
         get_importance("nope")
+
+
+def test_group_l1_averages_producer_consumer_and_bn_scale_each_over_its_mean():
+    g = _graph()
+    m = g.cap.model
+    with torch.no_grad():
+        m.b.weight.copy_(torch.tensor([[1., 0, 2, 1], [1, 2, 0, 1]]))
+    prod = torch.tensor([3.0, 2.0, 0.3, 9.0])  # a's output filters (L1)
+    cons = torch.tensor([2.0, 2.0, 2.0, 2.0])  # b's input columns
+    bn = torch.tensor([0.1, 2.0, 1.0, 0.5])
+    want = sum(v / v.mean() for v in (prod, cons, bn)) / 3
+    torch.testing.assert_close(get_importance("group_l1")(g)[A], want)
+    assert get_importance("group_l1")(g)[B].shape == (2,)  # the output layer's units: its own filter only
 
 
 def test_vote_counts_top_units_per_sample():
