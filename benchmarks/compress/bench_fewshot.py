@@ -19,6 +19,7 @@ import copy
 import json
 import os
 import platform
+import re
 import sys
 import time
 
@@ -29,6 +30,9 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the checkpoint's tra
 MAIN = "prune(macs=0.5,coupled=false),distill(features=0),fold"
 # the recipe this session's ablations point to: the same kept fraction per layer, block-output feature matching
 BEST = "prune(macs=0.5,coupled=false,scope=layer),distill(method=finetune,features=10,feature_at=blocks),fold"
+# round 3: the longer, BN-recalibrated fine-tune (2.7x the compression time of BEST)
+BEST2 = ("prune(macs=0.5,coupled=false,scope=layer),"
+         "distill(method=finetune,bnrecal=true,features=10,feature_at=blocks,steps=4000),fold")
 SYNTH = "synth(n=256,iters=200)"
 ROWS = {
     # name: (recipe, K, note). The recipe runs through slimkit.compress(); K=0 = data-free.
@@ -78,6 +82,29 @@ ROWS = {
     "best_k1": (BEST, 1, "accuracy vs K"),
     "best_datafree": (f"{SYNTH},{BEST}", 0, "synthetic images only"),
     "best_synth": (f"synth(n=1024,iters=100),{BEST}", 10, "+ 1,024 synthetic images"),
+    # round 3 (2026-12-02): what closes the remaining gap? one change at a time against BEST, image draw seed 0
+    "best_long": (BEST.replace("feature_at=blocks)", "feature_at=blocks,steps=4000)"), 10,
+                  "recommended recipe, 4000 function-matching steps (default 1500)"),
+    "best_lr03": (BEST.replace("feature_at=blocks)", "feature_at=blocks,lr=0.03)"), 10, "recommended recipe, peak lr 0.03"),
+    "best_t4": (BEST.replace("feature_at=blocks)", "feature_at=blocks,temperature=4)"), 10,
+                "recommended recipe, KL temperature 4"),
+    "best_iter": ("prune(macs=0.7,coupled=false,scope=layer),distill(method=finetune,features=10,feature_at=blocks,steps=750),"
+                  "prune(macs=0.715,coupled=false,scope=layer),distill(method=finetune,features=10,feature_at=blocks,steps=750),fold",
+                  10, "two-step pruning (0.7x then 0.5x MACs), 750 function-matching steps after each"),
+    "best_bnscale": (BEST.replace("scope=layer)", "scope=layer,criterion=bn_scale)"), 10,
+                     "recommended recipe, channels ranked by BatchNorm scale"),
+    "best_bnrecal_s2": (BEST.replace("distill(method=finetune,", "distill(method=finetune,bnrecal=true,"), 10,
+                        "recommended recipe + BatchNorm recalibration, image draw seed 2", 2),
+    "best_group": (BEST.replace("scope=layer)", "scope=layer,criterion=group_l1)"), 10,
+                   "recommended recipe, channels ranked by group L1 (producer + consumers + BN scale)"),
+    "best_bnrecal_s1": (BEST.replace("distill(method=finetune,", "distill(method=finetune,bnrecal=true,"), 10,
+                        "recommended recipe + BatchNorm recalibration, image draw seed 1", 1),
+    # round 3's result: the two changes that helped on their own (4000 steps +1.5 pt, BN recalibration +0.6/+0.8 pt)
+    "best2": (BEST2, 10, "recommended + BN recalibration + 4000 function-matching steps, image draw seed 0"),
+    "best2_s1": (BEST2, 10, "recommended + BN recalibration + 4000 steps, image draw seed 1", 1),
+    "best2_s2": (BEST2, 10, "recommended + BN recalibration + 4000 steps, image draw seed 2", 2),
+    "best2_coupled": (BEST2.replace("coupled=false", "coupled=true"), 10,
+                      "BEST2 with the residual stream pruned too (every channel group, same kept fraction per layer)"),
     "patient": ("prune(macs=0.5,coupled=false),distill(steps=5000,features=0),fold", 10,
                 "longer function matching (5000 steps): does patience pay?"),
     "abl_nostage2": ("prune(macs=0.5,coupled=false),distill(steps=0,features=0),fold", 10, "ablation: layer-wise stage only"),
@@ -86,6 +113,17 @@ ROWS = {
     "pq_noft": ("pq(sub_dim=2,k=8,ec_iters=4,steps=0)", 10, "pq, error correction only"),
     "int8": ("int8", 10, "ONNX Runtime static int8"),
 }
+
+
+def _pin_bnrecal_off(recipe):
+    """distill's BN recalibration became a (guarded) default on 2026-12-02; the rows run before then say it was off."""
+    if "distill" not in recipe or "bnrecal=" in recipe:
+        return recipe
+    recipe = recipe.replace("distill(", "distill(bnrecal=false,")
+    return re.sub(r"distill(?=,|$)", "distill(bnrecal=false)", recipe)
+
+
+ROWS = {name: (_pin_bnrecal_off(row[0]), *row[1:]) for name, row in ROWS.items()}
 LOWRANK = ("lowrank", "lowrank(budget=0.01)", "lowrank(budget=0.1)", "lowrank(budget=0.3)", "lowrank(budget=1.0)",
            "lowrank(tradeoff=0.7)", "lowrank(tradeoff=0.8)", "lowrank(tradeoff=0.9)", "lowrank(tradeoff=1.0)")
 
@@ -168,7 +206,7 @@ def run_row(name, recipe, k, args, base, test, log, seed=0):
     return row
 
 
-def torch_pruning_row(args, base, test, log, steps, features=0.0, name="tp"):
+def torch_pruning_row(args, base, test, log, steps, features=0.0, name="tp", bnrecal=False):
     """Torch-Pruning 1.6 (L1 magnitude, block-internal channels only: the zero-pad shortcut is invisible to its
     tracer) to the same MAC target, then the SAME function-matching fine-tune on the same images."""
     import torch_pruning as tp
@@ -191,10 +229,11 @@ def torch_pruning_row(args, base, test, log, steps, features=0.0, name="tp"):
         if count_macs(m, (x1,)) <= 0.5 * macs0:
             break
     ctx = CompressContext(teacher=base, data=few, progress=False, extras={"reference": base})
-    m = distill(m.eval(), x1, DistillConfig(method="finetune", steps=steps, features=features, feature_at="blocks"), ctx)
+    m = distill(m.eval(), x1, DistillConfig(method="finetune", steps=steps, features=features, feature_at="blocks",
+                                                     bnrecal=bnrecal), ctx)
     wall, cpu = time.time() - t0, time.process_time() - c0
     torch.save(m, os.path.join(args.models, f"{name}.pt"))
-    ft = f",features={features:g},feature_at=blocks" if features else ""
+    ft = (f",features={features:g},feature_at=blocks" if features else "") + (",bnrecal=true" if bnrecal else "")
     row = dict(name=name, recipe=f"Torch-Pruning {tp.__version__} MagnitudePruner(L1, block-internal) + "
                f"distill(method=finetune,steps={steps}{ft})", k=10, test=top1(m, test), val=top1(m, val),
                macs=int(count_macs(m, (x1,))), conv_linear_bytes=conv_linear_bytes(m), wall_s=round(wall, 1),
@@ -256,6 +295,8 @@ def cmd_run(args):
             results["rows"]["tp"] = torch_pruning_row(args, base, test, log, args.tp_steps)
         elif name == "tp_feat":  # the same fine-tune as BEST's distill stage 2
             results["rows"][name] = torch_pruning_row(args, base, test, log, args.tp_steps, 10.0, name)
+        elif name == "tp_best2":  # the same fine-tune as BEST2's
+            results["rows"][name] = torch_pruning_row(args, base, test, log, 4000, 10.0, name, bnrecal=True)
         elif name == "lowrank":
             for recipe in LOWRANK:
                 key = "lowrank:" + recipe

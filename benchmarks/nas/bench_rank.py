@@ -83,7 +83,7 @@ def _dump(path, obj):
 
 
 def run(args):
-    from slimkit.train._cli import parse_options
+    from slimkit.train.config import parse_options
 
     torch.set_num_threads(args.threads)
     deadline = time.time() + 60 * args.max_minutes

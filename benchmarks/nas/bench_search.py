@@ -202,7 +202,7 @@ def train(args):
 
 def _build(args, name):
     from slimkit.models import create_model
-    from slimkit.train._cli import parse_options
+    from slimkit.train.config import parse_options
 
     model, opts = models(args)[name]
     net = create_model(model, **parse_options(opts))

@@ -96,6 +96,25 @@ def test_function_matching_lowers_the_kl_to_the_teacher():
     assert out.distill_report == {}
 
 
+def test_bn_recalibration_is_kept_only_where_it_brings_the_student_closer_to_the_teacher():
+    from slimkit.compress.distill import _kl_to, guarded_recalibrate
+
+    from slimkit.compress.bnrecal import recalibrate
+
+    teacher = tiny_model()
+    X = torch.cat([b[0] for b in tiny_data(n_batches=2)])
+    recalibrate(teacher, X, passes=1, augment=False)  # a teacher whose statistics are those of its data
+    broken = copy.deepcopy(teacher)
+    broken.bn.running_var.mul_(50.0)  # statistics that no longer fit the activations, as after pruning
+    before = _kl_to(broken, teacher, X)
+    assert guarded_recalibrate(broken, teacher, X, False, 0) == "kept"
+    assert _kl_to(broken, teacher, X) < before
+    assert not torch.allclose(broken.bn.running_var, teacher.bn.running_var * 50.0)
+    same = copy.deepcopy(teacher)  # already matched: re-estimating from 32 images can only move it away
+    assert guarded_recalibrate(same, teacher, X, False, 0) == "rolled back"
+    assert all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), teacher.state_dict().values()))
+
+
 def test_distill_through_compress_uses_original_as_teacher():
     teacher = tiny_model()
     student = hand_pruned(teacher)
