@@ -199,7 +199,7 @@ def run_row(name, recipe, k, args, base, test, log, seed=0):
                conv_linear_bytes=None if isinstance(m, OrtModule) else conv_linear_bytes(m),
                wall_s=round(wall, 1), cpu_s=round(cpu, 1), loadavg=os.getloadavg(),
                passes=[(r.name, round(r.seconds, 1)) for r in res.report.passes], note=ROWS.get(name, ("", 0, ""))[2],
-               seed=seed)
+               seed=seed, cpu=env()["cpu"])
     if not isinstance(m, OrtModule):
         torch.save(m, os.path.join(args.models, f"{name}.pt"))
     log(f"{name}: test {row['test']:.2f} val {row['val']:.2f} MACs {macs / 1e6:.2f}M wall {wall:.0f}s cpu {cpu:.0f}s")
@@ -237,7 +237,8 @@ def torch_pruning_row(args, base, test, log, steps, features=0.0, name="tp", bnr
     row = dict(name=name, recipe=f"Torch-Pruning {tp.__version__} MagnitudePruner(L1, block-internal) + "
                f"distill(method=finetune,steps={steps}{ft})", k=10, test=top1(m, test), val=top1(m, val),
                macs=int(count_macs(m, (x1,))), conv_linear_bytes=conv_linear_bytes(m), wall_s=round(wall, 1),
-               cpu_s=round(cpu, 1), loadavg=os.getloadavg(), note="same MAC target, same fine-tune, same images")
+               cpu_s=round(cpu, 1), loadavg=os.getloadavg(), note="same MAC target, same fine-tune, same images",
+               cpu=env()["cpu"])
     log(f"{name}: test {row['test']:.2f} val {row['val']:.2f}")
     return row
 
@@ -359,8 +360,8 @@ def cmd_report(args):
     rows, lat, e = results["rows"], results.get("latency", {}), results.get("env", {})
     base = rows["baseline"]
     lines = ["# Few-shot compression of the pretrained CIFAR-10 ResNet-20 (issue 16)", "",
-             f"torch {e.get('torch')}, {e.get('cores')} cores ({e.get('cpu')}), {e.get('threads')} torch thread(s), "
-             "shared machine (load average per row in fewshot.json). Top-1 on cifar10_test_dev.npz (5,000 real test "
+             f"torch {e.get('torch')}, {e.get('cores')} cores, {e.get('threads')} torch thread(s), on the CPU in a row's "
+             "note (rows without one: Intel(R) Xeon(R) Processor, VNNI), shared machine (load average per row in fewshot.json). Top-1 on cifar10_test_dev.npz (5,000 real test "
              "images); val = the seeded class-balanced validation split of cifar10_train.npz (the only split "
              "anything was tuned on; the checkpoint was trained on it, hence ~99.8%). K images per class, seed 0.",
              "", "| row | recipe | K | test top-1 % | drop (pt) | val % | MACs | time (wall / CPU s) | note |",
@@ -375,7 +376,8 @@ def cmd_report(args):
             macs = f"{r['macs0'] / r['macs']:.2f}x fewer"
         acc = (f"{r['test']:.2f} | {base['test'] - r['test']:+.2f} | {r['val']:.1f}" if r.get("test") is not None
                else "- | - | -")
-        lines.append(f"| {name} | `{r['recipe']}` | {r.get('k', '-')} | {acc} | {macs} | {tm} | {r.get('note', '')}{size} |")
+        cpu = f" [{r['cpu']}]" if r.get("cpu") else ""
+        lines.append(f"| {name} | `{r['recipe']}` | {r.get('k', '-')} | {acc} | {macs} | {tm} | {r.get('note', '')}{size}{cpu} |")
     if lat:
         le = results.get("latency_env", {})
         lines += ["", f"## Latency (interleaved; speed-up vs the checkpoint, median ms [p25, p75]; load average at end "
