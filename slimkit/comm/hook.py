@@ -298,7 +298,8 @@ def _dense_allreduce(state, buf, flat, layout, choice, t0):
     fut = dist.all_reduce(send, group=state.process_group, async_op=True).get_future()
     t1 = time.perf_counter()
 
-    def finish(_):
+    def finish(gathered):
+        gathered.value()  # re-raises a failed collective (a frozen peer's timeout) instead of decoding unfilled buffers
         t2 = time.perf_counter()
         buf.copy_(_to_bucket_order(send.float().cpu(), layout).view_as(buf).to(buf.dtype))
         nbytes = n * (2 if choice == "fp16" else 4)
@@ -317,7 +318,8 @@ def _all_gather_path(state, c1, buf, flat, segments, layout, t0):
     sizes = [size] * world if c1.fixed_size else [s[0] for s in _exchange_sizes([size], group, buf.device)]
     fut, outs, width = _all_gather_padded(payload, sizes, group, buf.device)
 
-    def finish(_):
+    def finish(gathered):
+        gathered.value()  # re-raises a failed collective (a frozen peer's timeout) instead of decoding unfilled buffers
         t2 = time.perf_counter()
         parts = [c1.decompress_own(payload, n) if r == state.rank
                  else c1.decompress(out[:s].cpu(), n) for r, (out, s) in enumerate(zip(outs, sizes))]
@@ -368,7 +370,8 @@ def _two_phase(state, c1, c2, buf, flat, segments, layout, t0):
     sizes2 = mine if c1.fixed_size else [s[0] for s in _exchange_sizes([payload2.numel()], group, dev)]
     fut, outs, width = _all_gather_padded(payload2, sizes2, group, dev)
 
-    def finish(_):
+    def finish(gathered):
+        gathered.value()  # re-raises a failed collective (a frozen peer's timeout) instead of decoding unfilled buffers
         t4 = time.perf_counter()
         out = torch.empty(n, dtype=torch.float32)
         for j in range(world):
