@@ -58,13 +58,22 @@ def _handled(err):
     return isinstance(err, (SlimkitError, ValueError, OSError)) or _out_of_memory(err)
 
 
+def debugging(args) -> bool:
+    """``--debug`` or SLIMKIT_DEBUG=1: errors keep their traceback instead of becoming one line."""
+    return bool(getattr(args, "_debug", False)) or os.environ.get("SLIMKIT_DEBUG", "") not in ("", "0")
+
+
+def print_error(command, err) -> None:
+    print(f"slimkit {command}: error: {error_line(err)}", file=sys.stderr, flush=True)
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return EXIT_ERROR
-    debug = bool(getattr(args, "_debug", False)) or os.environ.get("SLIMKIT_DEBUG", "") not in ("", "0")
+    debug = debugging(args)
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
@@ -75,5 +84,5 @@ def main(argv=None):
     except Exception as err:  # noqa: BLE001 - only the kinds _handled accepts become one line
         if debug or not _handled(err):
             raise
-        print(f"slimkit {args.command}: error: {error_line(err)}", file=sys.stderr)
+        print_error(args.command, err)
         return EXIT_ERROR

@@ -166,15 +166,15 @@ def run(args) -> int:
         result = fit(model, splits.train, splits.test, config)
     except RuntimeError as err:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and launch.is_peer_failure(err):
-            from slimkit.cli import EXIT_ERROR
+            from slimkit.cli import EXIT_ERROR, debugging, print_error
             from slimkit.errors import SlimkitError
 
             stop = SlimkitError(f"distributed training stopped: a peer process froze or died (no answer within "
                                 f"--timeout {launch.collective_timeout().total_seconds():.0f} s): "
                                 f"{str(err).splitlines()[0][:200]}")
-            if os.environ.get("SLIMKIT_DEBUG", "") not in ("", "0"):
+            if debugging(args):
                 raise stop from err
-            print(f"slimkit train: error: {stop}", file=sys.stderr, flush=True)
+            print_error("train", stop)
             sys.stdout.flush()
             # Leave at once: a normal exit runs the process group's destructors, which can wait forever on the
             # frozen peer's half-done send (seen under load: the job outlived --timeout by minutes); torchrun

@@ -291,6 +291,16 @@ def _flush_left(state, key, choice, flat, segments):
         pos += size
 
 
+def _when_done(fut, finish):
+    """``fut.then`` that re-raises a failed collective before ``finish()`` reads its buffers: torch runs then()
+    callbacks on errors too, and a timed-out collective (a frozen peer) leaves its outputs unfilled."""
+    def run(done):
+        done.value()
+        return finish()
+
+    return fut.then(run)
+
+
 def _dense_allreduce(state, buf, flat, layout, choice, t0):
     world, n = state.world_size, flat.numel()
     send = flat.div_(world).half() if choice == "fp16" else flat.div_(world)  # divide first: no overflow
@@ -298,8 +308,7 @@ def _dense_allreduce(state, buf, flat, layout, choice, t0):
     fut = dist.all_reduce(send, group=state.process_group, async_op=True).get_future()
     t1 = time.perf_counter()
 
-    def finish(gathered):
-        gathered.value()  # re-raises a failed collective (a frozen peer's timeout) instead of decoding unfilled buffers
+    def finish():
         t2 = time.perf_counter()
         buf.copy_(_to_bucket_order(send.float().cpu(), layout).view_as(buf).to(buf.dtype))
         nbytes = n * (2 if choice == "fp16" else 4)
@@ -307,7 +316,7 @@ def _dense_allreduce(state, buf, flat, layout, choice, t0):
                    comm_s=t2 - t1, hook_calls=1)
         return buf
 
-    return fut.then(finish)
+    return _when_done(fut, finish)
 
 
 def _all_gather_path(state, c1, buf, flat, segments, layout, t0):
@@ -318,8 +327,7 @@ def _all_gather_path(state, c1, buf, flat, segments, layout, t0):
     sizes = [size] * world if c1.fixed_size else [s[0] for s in _exchange_sizes([size], group, buf.device)]
     fut, outs, width = _all_gather_padded(payload, sizes, group, buf.device)
 
-    def finish(gathered):
-        gathered.value()  # re-raises a failed collective (a frozen peer's timeout) instead of decoding unfilled buffers
+    def finish():
         t2 = time.perf_counter()
         parts = [c1.decompress_own(payload, n) if r == state.rank
                  else c1.decompress(out[:s].cpu(), n) for r, (out, s) in enumerate(zip(outs, sizes))]
@@ -329,7 +337,7 @@ def _all_gather_path(state, c1, buf, flat, segments, layout, t0):
                    decoded=(world - 1) * n, compress_s=(t1 - t0) + (t3 - t2), comm_s=t2 - t1, hook_calls=1)
         return buf
 
-    return fut.then(finish)
+    return _when_done(fut, finish)
 
 
 def chunk_bounds(n: int, world: int) -> list[int]:
@@ -370,8 +378,7 @@ def _two_phase(state, c1, c2, buf, flat, segments, layout, t0):
     sizes2 = mine if c1.fixed_size else [s[0] for s in _exchange_sizes([payload2.numel()], group, dev)]
     fut, outs, width = _all_gather_padded(payload2, sizes2, group, dev)
 
-    def finish(gathered):
-        gathered.value()  # re-raises a failed collective (a frozen peer's timeout) instead of decoding unfilled buffers
+    def finish():
         t4 = time.perf_counter()
         out = torch.empty(n, dtype=torch.float32)
         for j in range(world):
@@ -385,7 +392,7 @@ def _two_phase(state, c1, c2, buf, flat, segments, layout, t0):
                    compress_s=(t1 - t0) + (t3 - t2) + (t5 - t4), comm_s=(t2 - t1) + (t4 - t3), hook_calls=1)
         return buf
 
-    return fut.then(finish)
+    return _when_done(fut, finish)
 
 
 def _wrap_torch_hook(state: CommState, hook, bytes_per_elem):

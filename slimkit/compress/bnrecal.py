@@ -42,11 +42,16 @@ class BNRecalConfig(PassConfig):
             raise ValueError(f"bnrecal: passes >= 1 and batch_size >= 2, got {self.passes}, {self.batch_size}")
 
 
+def batchnorms(model):
+    """The BatchNorm layers of ``model`` that keep running statistics."""
+    return [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
+
+
 @torch.no_grad()
 def recalibrate(model, X, passes=8, batch_size=64, augment=True, flip=True, seed=0):
     """In place: every BatchNorm's running mean/var = the cumulative average over the batches of ``passes``
     rounds of (augmented) ``X``. Returns the number of BatchNorm layers reset."""
-    bns = [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
+    bns = batchnorms(model)
     if not bns:
         return 0
     gen = torch.Generator().manual_seed(seed)

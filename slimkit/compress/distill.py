@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from slimkit.compress import _hooks
 from slimkit.compress.base import PassConfig, register_pass
-from slimkit.compress.bnrecal import recalibrate
+from slimkit.compress.bnrecal import batchnorms, recalibrate
 from slimkit.compress.im2col import input_rows, output_rows
 from slimkit.compress.importance import gram_solve
 from slimkit.compress.matching import MatchSettings, function_matching
@@ -475,15 +475,16 @@ def guarded_recalibrate(student, reference, X, flip, seed):
     """BatchNorm recalibration kept only where it brings the student's outputs on the clean images closer to the
     teacher's (KL): after pruning it usually repairs the statistics, but on an untrained or already matched
     network a handful of images can make them worse. Returns "kept" | "rolled back" | "no batchnorm"."""
-    buffers = {k: v.clone() for k, v in student.state_dict().items() if "running_" in k or "num_batches" in k}
-    if not buffers:
+    bns = batchnorms(student)
+    if not bns:
         return "no batchnorm"
+    saved = [copy.deepcopy(m.state_dict()) for m in bns]
     before = _kl_to(student, reference, X)
     recalibrate(student, X, flip=flip, seed=seed)
-    after = _kl_to(student, reference, X)
-    if after <= before or not math.isfinite(before):
+    if _kl_to(student, reference, X) <= before or not math.isfinite(before):
         return "kept"
-    student.load_state_dict(buffers, strict=False)
+    for m, state in zip(bns, saved):
+        m.load_state_dict(state)
     return "rolled back"
 
 

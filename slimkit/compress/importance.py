@@ -15,6 +15,7 @@ a group's score is the mean over its members.
   activation given the other units of its layer (small = redundant). Computed from the Gram matrix:
   residual_j^2 / ||a_j||^2 = 1 / (G_jj (G^-1)_jj).
 """
+import numpy as np
 import torch
 
 from slimkit.compress.graph import UNARY, _op
@@ -58,30 +59,22 @@ def group_l1(graph, activations=None):
     """Every weight a channel touches, not only the filter that makes it: the producer's output filter, each
     consumer's input slice and the BatchNorm scale, each member's L1 normalised by its mean (so layers of
     other sizes weigh the same) and averaged per channel group (DepGraph's group-level magnitude)."""
-    import numpy as np
-
     bn_weights = {w for w, _, _ in graph.bn_params}
-    total, count = {}, {}
+    total, count = np.zeros(len(graph.groups)), np.zeros(len(graph.groups))
     for fqn, dims in graph.param_elems.items():
         w = _tensor(graph, fqn).float()
         if w.dim() < 2 and fqn not in bn_weights:  # biases say nothing about a channel's use
             continue
         for d, elems in dims.items():
             gids = graph.group_ids(elems)
-            if (gids < 0).all():  # a kernel position or a fixed input channel
-                continue
-            s = w.movedim(d, 0).reshape(w.shape[d], -1).abs().sum(1)
-            s = (s / s.mean().clamp_min(1e-12)).numpy()
-            for g, v in zip(gids.tolist(), s.tolist()):
-                if g >= 0:
-                    total[g] = total.get(g, 0.0) + v
-                    count[g] = count.get(g, 0) + 1
-    out = {}
-    for prod in graph.unique_producers():
-        gids = graph.group_ids(graph.param_elems[prod.param][prod.dim]).tolist()
-        out[(prod.param, prod.dim)] = torch.tensor(np.array([total.get(g, 0.0) / max(count.get(g, 1), 1)
-                                                             for g in gids], dtype=np.float32))
-    return out
+            hit = gids >= 0  # not a kernel position or a fixed input channel
+            if hit.any():
+                s = w.movedim(d, 0).reshape(w.shape[d], -1).abs().sum(1)
+                np.add.at(total, gids[hit], (s / s.mean().clamp_min(1e-12)).numpy()[hit])
+                np.add.at(count, gids[hit], 1)
+    mean = total / np.maximum(count, 1)
+    return {(p.param, p.dim): torch.from_numpy(mean[graph.group_ids(graph.param_elems[p.param][p.dim])]).float()
+            for p in graph.unique_producers()}
 
 
 @register_importance("bn_scale")

@@ -18,9 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from slimkit.compress.base import PassConfig, register_pass
+from slimkit.compress.bnrecal import batchnorms
 from slimkit.errors import SlimkitError
-
-_BN = torch.nn.modules.batchnorm._BatchNorm
 
 
 @dataclass
@@ -51,7 +50,7 @@ class _BNStats:
     """Forward hooks on every BatchNorm: the R_feature loss of the current batch."""
 
     def __init__(self, model):
-        self.bns = [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
+        self.bns = batchnorms(model)
         self.losses = []
         self.handles = [m.register_forward_hook(self._hook) for m in self.bns]
 
@@ -83,9 +82,8 @@ def bn_statistics_gap(model, x):
         gaps.append((float((a.mean(dims) - m.running_mean).abs().max()),
                      float(((a.var(dims, unbiased=False) - m.running_var).abs() / m.running_var).max())))
 
-    for m in model.modules():
-        if isinstance(m, _BN) and m.track_running_stats:
-            handles.append(m.register_forward_hook(hook))
+    for m in batchnorms(model):
+        handles.append(m.register_forward_hook(hook))
     try:
         with torch.no_grad():
             model.eval()(x)
