@@ -2,7 +2,9 @@
 
 - ``torchrun_command``: ``--max-restarts K`` uses a c10d rendezvous on a fresh local port. With
   ``--standalone`` a restarted gloo group cannot re-form in torch 2.13 ("connectFullMesh ...
-  Connection refused"); an explicit c10d endpoint re-forms it.
+  Connection refused"); an explicit c10d endpoint re-forms it. The rendezvous has its own run id
+  and ``is_host=1``: torchrun would otherwise fall back to joining, as a client with run id "none",
+  any store that took the port between our probe and its bind.
 - ``run_forwarding``: the launcher forwards SIGINT/SIGTERM/SIGHUP to torchrun (which stops its
   workers) and asks the kernel to SIGTERM torchrun if the launcher itself dies, even by SIGKILL,
   so no torchrun or worker is left behind.
@@ -19,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import uuid
 
 DEFAULT_TIMEOUT_S = 600.0
 TIMEOUT_ENV = "SLIMKIT_DIST_TIMEOUT"
@@ -34,8 +37,8 @@ def free_port() -> int:
 def torchrun_command(nproc: int, max_restarts: int, module_argv: list) -> list:
     """The torchrun command line that runs ``python -m <module_argv>`` on ``nproc`` local processes."""
     if max_restarts > 0:
-        rdzv = ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--nnodes", "1",
-                f"--max-restarts={max_restarts}"]
+        rdzv = ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-conf", "is_host=1",
+                "--rdzv-id", f"slimkit-{uuid.uuid4().hex[:12]}", "--nnodes", "1", f"--max-restarts={max_restarts}"]
     else:
         rdzv = ["--standalone"]
     return [sys.executable, "-m", "torch.distributed.run", *rdzv, f"--nproc_per_node={nproc}", "-m", *module_argv]

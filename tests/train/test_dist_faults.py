@@ -25,7 +25,8 @@ def _cmd(out, *extra):
 
 
 def _start(out, *extra):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # faulthandler: a SIGABRT from _finish makes a hung process print every thread's Python stack
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     return subprocess.Popen(_cmd(out, *extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
 
@@ -60,9 +61,22 @@ def _wait_for_checkpoint(proc, out, epoch=1, limit=300):
     pytest.fail(f"no checkpoint of epoch {epoch} appeared (rc {proc.poll()}): {proc.communicate()[0][-2000:]}")
 
 
-def _finish(proc, limit=300):
+def _finish(proc, out, limit=300):
+    """The job's output; a job still running after ``limit`` s fails the test with the stacks of its
+    processes that are still alive (which one hangs, and where)."""
     try:
         return proc.communicate(timeout=limit)[0]
+    except subprocess.TimeoutExpired:
+        alive = {**_procs(out), "launcher": proc.pid}
+        for pid in alive.values():
+            try:
+                os.kill(pid, signal.SIGABRT)
+            except ProcessLookupError:
+                pass
+        time.sleep(3)
+        os.killpg(proc.pid, signal.SIGKILL)
+        log = proc.communicate(timeout=30)[0]
+        pytest.fail(f"the job ran over {limit} s; still alive then: {alive}; log:\n{log[-8000:]}")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -71,6 +85,8 @@ def _finish(proc, limit=300):
 def test_torchrun_command_uses_a_c10d_rendezvous_when_restarts_are_asked():
     cmd = launch.torchrun_command(2, 3, ["slimkit.cli", "train"])
     assert "--rdzv-backend" in cmd and "c10d" in cmd and "--max-restarts=3" in cmd and "--standalone" not in cmd
+    assert cmd[cmd.index("--rdzv-conf") + 1] == "is_host=1"  # never joins another job's store as a client
+    assert cmd[cmd.index("--rdzv-id") + 1] != launch.torchrun_command(2, 3, ["m"])[cmd.index("--rdzv-id") + 1]
     assert "--standalone" in launch.torchrun_command(2, 0, ["slimkit.cli", "train"])
     with pytest.raises(ValueError, match="--timeout must be a finite number of seconds > 0"):
         launch.check_timeout("nan")
@@ -81,7 +97,7 @@ def test_killed_worker_restarts_from_the_checkpoint_and_matches_an_uninterrupted
     proc = _start(killed, "--max-restarts", "1", "--timeout", "60")
     _wait_for_checkpoint(proc, killed)
     os.kill(_procs(killed)[(1, "0")], signal.SIGKILL)
-    log = _finish(proc)
+    log = _finish(proc, killed)
     assert proc.returncode == 0, log[-3000:]
     line = next(s for s in log.splitlines() if "restart 1: resuming from" in s)
     epoch = int(line.split("(epoch ")[1].split(",")[0])
@@ -92,7 +108,7 @@ def test_killed_worker_restarts_from_the_checkpoint_and_matches_an_uninterrupted
     assert [h["epoch"] for h in final["history"]] == [1, 2, 3]
     assert all("compressor2" in r["extra_state"]["comm"] for r in final["ranks"])  # both error feedbacks
     ref = _start(straight)
-    log_ref = _finish(ref)
+    log_ref = _finish(ref, straight)
     assert ref.returncode == 0, log_ref[-3000:]
     a, b = (torch.load(d / "model.pt", weights_only=True) for d in (killed, straight))
     assert all(torch.equal(a[k], b[k]) for k in a)  # same weights as a run nobody killed
@@ -105,7 +121,7 @@ def test_frozen_worker_ends_the_job_within_the_timeout_with_a_clear_error(tmp_pa
     os.kill(frozen, signal.SIGSTOP)
     t0 = time.time()
     try:
-        log = _finish(proc, limit=120)  # 5 s timeout, then torchrun's 30 s grace before SIGKILL
+        log = _finish(proc, tmp_path, limit=120)  # 5 s timeout, then torchrun's 30 s grace before SIGKILL
     finally:
         try:
             os.kill(frozen, signal.SIGCONT)
@@ -123,7 +139,7 @@ def test_sigterm_to_the_launcher_stops_torchrun_and_every_worker(tmp_path):
         time.sleep(0.1)
     assert len(_procs(tmp_path)) == 3, "torchrun and 2 workers should be running"
     proc.send_signal(signal.SIGTERM)  # the launcher alone, not its process group
-    _finish(proc, limit=120)
+    _finish(proc, tmp_path, limit=120)
     t0 = time.time()
     while _procs(tmp_path) and time.time() - t0 < 60:
         time.sleep(0.2)
