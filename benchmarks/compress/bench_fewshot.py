@@ -105,6 +105,11 @@ ROWS = {
     "best2_s2": (BEST2, 10, "recommended + BN recalibration + 4000 steps, image draw seed 2", 2),
     "best2_coupled": (BEST2.replace("coupled=false", "coupled=true"), 10,
                       "BEST2 with the residual stream pruned too (every channel group, same kept fraction per layer)"),
+    # round 4 (2026-12-02): an exponential moving average of the fine-tuned weights (window ~1000 steps)
+    "best2_ema": (BEST2.replace("steps=4000)", "steps=4000,ema=0.999)"), 10,
+                  "BEST2 + weight EMA (decay 0.999), image draw seed 0"),
+    "best2_ema_s1": (BEST2.replace("steps=4000)", "steps=4000,ema=0.999)"), 10,
+                     "BEST2 + weight EMA (decay 0.999), image draw seed 1", 1),
     "patient": ("prune(macs=0.5,coupled=false),distill(steps=5000,features=0),fold", 10,
                 "longer function matching (5000 steps): does patience pay?"),
     "abl_nostage2": ("prune(macs=0.5,coupled=false),distill(steps=0,features=0),fold", 10, "ablation: layer-wise stage only"),

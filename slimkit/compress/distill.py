@@ -55,6 +55,7 @@ class DistillConfig(PassConfig):
     feature MSE (each term relative to the teacher's feature energy) at ``feature_at``: every block's output
     (``blocks``, the teacher's blocks found by name in the student) or the classifier's input (``penultimate``);
     crop: the function-matching views' crop (``shift``: padded shift, ``resized``: random-resized crop);
+    ema: decay of an exponential moving average of the fine-tuned weights, returned instead of the last ones (0: off);
     mix: mixup/cutmix between the images; flip: horizontal flips (``auto``: when the teacher says mirrored
     images keep their class)."""
 
@@ -84,6 +85,7 @@ class DistillConfig(PassConfig):
     features: float = 10.0
     feature_at: Literal["penultimate", "blocks"] = "blocks"
     crop: Literal["shift", "resized", "none"] = "shift"
+    ema: float = 0.0
     mix: Literal["none", "mixup", "cutmix", "both"] = "both"
     flip: Literal["auto", "on", "off"] = "auto"
     seed: int = 0
@@ -95,6 +97,8 @@ class DistillConfig(PassConfig):
             raise ValueError(f"distill: k must be >= 1 (or none: all images), got {self.k}")
         if self.ridge < 0 or self.views < 1 or self.steps < 0:
             raise ValueError("distill: ridge >= 0, views >= 1 and steps >= 0 are required")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"distill: ema must be in [0, 1) (0: off), got {self.ema}")
 
 
 def few_shot(data, k, seed):
@@ -185,9 +189,15 @@ def _rows(layer, x):
     return a.float()
 
 
-def _responses(y):
+def _responses(y, layer):
     """Layer outputs matched row for row with ``_rows``: (rows, out)."""
-    return output_rows(y).float()
+    return output_rows(y, layer).float()
+
+
+def _channels(layer):
+    """The channel dimension of the layer's input and output tensors: 1 for a conv (channel-first), -1 for a
+    linear layer, whatever its input's rank (tokens (B, T, C), channel-last maps (B, H, W, C))."""
+    return 1 if isinstance(layer, torch.nn.Conv2d) else -1
 
 
 def _tt(a, b):
@@ -255,6 +265,7 @@ class _Walker:
         """(G, B) of the layer's objective with the student's current input channels."""
         cfg, ref = self.cfg, self.t.get_submodule(name)
         cross = cfg.method == "cross"
+        ch = _channels(layer)
         d = layer.weight[0].numel() + (layer.bias is not None)
         gram = torch.zeros(d, d, dtype=torch.float64)
         rhs = torch.zeros(d, layer.weight.shape[0], dtype=torch.float64)
@@ -265,17 +276,17 @@ class _Walker:
         for st, te in zip(_capture(self.s, [name], self.XV, self.batch), _capture(self.t, [name], self.XV, self.batch, {name})):
             x_s, x_t, y_t = st[name], te[name], te[name + "/out"]
             if out_idx is not None:
-                y_t = y_t.index_select(1, out_idx)
+                y_t = y_t.index_select(ch, out_idx)
             a_s = _rows(layer, x_s)
             if not cross:
                 gram += _tt(a_s, a_s)
-                rhs += _tt(a_s, _responses(y_t))
+                rhs += _tt(a_s, _responses(y_t, layer))
                 continue
             # imitation target: the teacher layer on the student's input, removed channels filled with the
             # teacher's activations (the student layer absorbs their contribution from the kept ones)
             full = x_t.clone()
             if full_in is not None:
-                full[:, full_in] = x_s
+                full.index_copy_(ch, full_in, x_s)
             else:
                 full = x_s
             with torch.no_grad():
@@ -283,11 +294,11 @@ class _Walker:
                     if isinstance(ref, torch.nn.Conv2d) else F.linear(full, w_ref)
             if ref.bias is not None:
                 b = ref.bias.detach() if out_idx is None else ref.bias.detach()[out_idx]
-                y_st = y_st + (b[:, None, None] if y_st.dim() == 4 else b)
-            x_tk = x_t if in_idx is None else x_t.index_select(1, in_idx)
+                y_st = y_st + (b[:, None, None] if ch == 1 else b)
+            x_tk = x_t if in_idx is None else x_t.index_select(ch, in_idx)
             a_t = _rows(layer, x_tk)
             gram += (1 - cfg.mu) * _tt(a_s, a_s) + cfg.mu * _tt(a_t, a_t)
-            rhs += (1 - cfg.mu) * _tt(a_s, _responses(y_st)) + cfg.mu * _tt(a_t, _responses(y_t))
+            rhs += (1 - cfg.mu) * _tt(a_s, _responses(y_st, layer)) + cfg.mu * _tt(a_t, _responses(y_t, layer))
         return gram, rhs
 
     def refit(self, name):
@@ -365,8 +376,8 @@ class _Walker:
             else:
                 y_t = te[c + "/out"]
                 if out_idx is not None:
-                    y_t = y_t.index_select(1, out_idx)
-                cross_ts += _tt(a_s, _responses(y_t))
+                    y_t = y_t.index_select(_channels(layer), out_idx)
+                cross_ts += _tt(a_s, _responses(y_t, layer))
         k = layer.weight[0, 0].numel() if isinstance(layer, torch.nn.Conv2d) else 1
         groups = torch.arange(layer.weight.shape[1] * k).reshape(layer.weight.shape[1], k)
         if cross:  # both targets are the teacher layer's own function: B = G W_t
@@ -517,7 +528,8 @@ def distill(model, example_inputs, config, context=None):
         report["bnrecal"] = guarded_recalibrate(student, reference, X, flip, config.seed)
     settings = MatchSettings(steps=config.steps, batch_size=config.batch_size, lr=config.lr,
                              temperature=config.temperature, features=config.features,
-                             feature_at=config.feature_at, crop=config.crop, flip=flip, mix=config.mix)
+                             feature_at=config.feature_at, crop=config.crop, flip=flip, mix=config.mix,
+                             ema=config.ema)
     function_matching(student, reference, X, settings, torch.Generator().manual_seed(config.seed),
                       progress=context.progress)
     student.requires_grad_(True)

@@ -31,6 +31,7 @@ class MatchSettings:
     alpha: float = 1.0
     weight_decay: float = 0.0
     optimizer: str = "sgd"
+    ema: float = 0.0  # decay of an exponential moving average of the weights, returned instead of the last ones (0: off)
 
 
 def last_linear(model):
@@ -90,6 +91,17 @@ def kd_loss(student_out, teacher_out, temperature):
                             reduction="batchmean", log_target=True)
 
 
+def _weight_average(model, decay):
+    """torch's AveragedModel with an EMA of the parameters, or None when ``decay`` is 0."""
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"ema must be in [0, 1), got {decay}")
+    if decay == 0.0:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+
+
 def function_matching(student, teacher, X, settings: MatchSettings, gen, params=None, progress=False, desc="distill"):
     """Fine-tune ``student`` in place towards ``teacher`` on views of ``X``; returns the last loss.
     ``params``: the parameters to train (default: all of the student's)."""
@@ -104,6 +116,9 @@ def function_matching(student, teacher, X, settings: MatchSettings, gen, params=
     else:
         opt = torch.optim.SGD(params, lr=s.lr, momentum=0.9, nesterov=True, weight_decay=s.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=s.lr, total_steps=s.steps, pct_start=0.15)
+    # before the feature hooks, so the average's copy carries none; BatchNorm statistics are frozen, so
+    # averaging the parameters alone is enough
+    average = _weight_average(student, s.ema)
     grab_s, grab_t = _feature_hooks(student, teacher, s)
     teacher.eval()
     student.train()
@@ -143,10 +158,16 @@ def function_matching(student, teacher, X, settings: MatchSettings, gen, params=
                 continue
             if step % good_every == 0:
                 good = copy.deepcopy(student.state_dict())
+            if average is not None:
+                average.update_parameters(student)
     finally:
         grab_s.remove()
         grab_t.remove()
         student.eval()
+    if average is not None:
+        with torch.no_grad():
+            for p, q in zip(student.parameters(), average.module.parameters()):
+                p.copy_(q)
     if rollbacks:
         warnings.warn(f"{desc}: function matching diverged {rollbacks} time(s); rolled back to the last good weights "
                       f"and continued at {lr_scale:g}x the learning rate", UserWarning, stacklevel=2)

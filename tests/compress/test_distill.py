@@ -155,7 +155,7 @@ def test_lsq_solver_is_the_exact_minimiser():
     xs, _ = _io(lsq, "conv2", x)
     _, yt = _io(teacher, "conv2", x)
     from slimkit.compress.distill import _flat_weight, _responses, _rows
-    a, b = _rows(lsq.conv2, xs).double(), _responses(yt).double()
+    a, b = _rows(lsq.conv2, xs).double(), _responses(yt, lsq.conv2).double()
     ref = torch.linalg.lstsq(a, b).solution
     torch.testing.assert_close(_flat_weight(lsq.conv2), ref, rtol=1e-4, atol=1e-5)
 
@@ -184,8 +184,56 @@ def test_recon_reselects_chain_channels_and_refits_the_reader_exactly():
     # conv2 is the exact least-squares fit of the teacher's conv2 output from the student's kept channels
     xs, _ = _io(out, "conv2", x)
     _, yt = _io(teacher, "conv2", x)
-    ref = torch.linalg.lstsq(_rows(out.conv2, xs).double(), _responses(yt).double()).solution
+    ref = torch.linalg.lstsq(_rows(out.conv2, xs).double(), _responses(yt, out.conv2).double()).solution
     torch.testing.assert_close(_flat_weight(out.conv2), ref, rtol=1e-3, atol=1e-4)
     keep = distill(with_record(hand_pruned(teacher), teacher), x[:1],
                    DistillConfig(method="layerwise", bnrecal=False, select="keep", k=None, views=1, steps=0, ridge=0.0), ctx)
     assert float(((_io(out, "conv2", x)[1] - yt) ** 2).mean()) <= float(((_io(keep, "conv2", x)[1] - yt) ** 2).mean())
+
+
+class _ChannelLast(torch.nn.Module):
+    """Linear layers on (B, H, W, C) maps, as a ConvNeXt/MLP-Mixer-style block computes them."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.fc1, self.fc2, self.head = torch.nn.Linear(6, 8), torch.nn.Linear(8, 6), torch.nn.Linear(6, 4)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+    def forward(self, x):
+        return self.head(self.fc2(torch.relu(self.fc1(x))).mean((1, 2)))
+
+
+def _channel_last_pair():
+    teacher = _ChannelLast().eval()
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        student.fc1 = torch.nn.Linear(6, len(KEEP))
+        student.fc1.weight.copy_(teacher.fc1.weight[KEEP]); student.fc1.bias.copy_(teacher.fc1.bias[KEEP])
+        student.fc2 = torch.nn.Linear(len(KEEP), 6)
+        student.fc2.weight.copy_(teacher.fc2.weight[:, KEEP]); student.fc2.bias.copy_(teacher.fc2.bias)
+    x = torch.randn(40, 5, 5, 6, generator=torch.Generator().manual_seed(4))
+    y = torch.arange(40) % 4
+    return teacher, student.eval(), x, y
+
+
+@pytest.mark.parametrize("method", ["layerwise", "cross"])
+def test_layer_solves_take_channels_from_the_last_dim_of_a_linear_on_channel_last_maps(method):
+    """The least-squares pieces index a Linear's channels on its input's last dim (a 4-D (B, H, W, C) input is
+    not a conv's (B, C, H, W)): layer-wise, fc2 is the exact least-squares fit of the teacher's fc2 output;
+    cross distillation at least brings the logits closer."""
+    from slimkit.compress.distill import _flat_weight, _responses, _rows
+
+    teacher, student, x, y = _channel_last_pair()
+    ctx = CompressContext(teacher=teacher, data=(x, y), progress=False)
+    out = distill(student, x[:1], DistillConfig(method=method, bnrecal=False, select="keep", k=None, views=1,
+                                                 steps=0, ridge=0.0, flip="off"), ctx)
+    assert out.fc1.weight.shape == (len(KEEP), 6) and out.fc2.weight.shape == (6, len(KEEP))
+    assert logit_mse(out, teacher, x) < logit_mse(student, teacher, x)
+    if method == "layerwise":
+        xs, _ = _io(out, "fc2", x)
+        _, yt = _io(teacher, "fc2", x)
+        ref = torch.linalg.lstsq(_rows(out.fc2, xs).double(), _responses(yt, out.fc2).double()).solution
+        torch.testing.assert_close(_flat_weight(out.fc2), ref, rtol=1e-4, atol=1e-5)

@@ -95,3 +95,32 @@ def test_block_feature_term_pulls_the_student_towards_the_teacher_blocks():
                           torch.Generator().manual_seed(0))
         gaps.append(block_gap(student))
     assert gaps[1] < 0.8 * gaps[0]
+
+
+def test_ema_returns_the_moving_average_of_the_weights_each_step_left():
+    """ema=d: the student ends with a_T, where a_1 = w_1 and a_t = d a_{t-1} + (1 - d) w_t over the weights w_t
+    after each optimizer step (recorded by a step hook), to float32 rounding."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    teacher, student = tiny_model().eval(), tiny_model().eval()
+    with torch.no_grad():  # a student that differs from the teacher, so the weights move
+        for p in student.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    snaps = []
+    handle = register_optimizer_step_post_hook(
+        lambda opt, args, kwargs: snaps.append([p.detach().clone() for p in student.parameters()]))
+    try:
+        function_matching(student, teacher, _x(), MatchSettings(steps=12, lr=0.05, batch_size=8, ema=0.8),
+                          torch.Generator().manual_seed(0))
+    finally:
+        handle.remove()
+    assert len(snaps) == 12
+    avg = snaps[0]
+    for w in snaps[1:]:
+        avg = [0.8 * a + 0.2 * b for a, b in zip(avg, w)]
+    got = list(student.parameters())
+    assert all(torch.allclose(g, a, atol=1e-6, rtol=0) for g, a in zip(got, avg))
+    gap = max(float((a - w).abs().max()) for a, w in zip(avg, snaps[-1]))
+    assert gap > 1e-4  # not the last weights
+    with pytest.raises(ValueError, match=r"ema must be in \[0, 1\)"):
+        function_matching(student, teacher, _x(), MatchSettings(steps=2, ema=1.0), torch.Generator())
