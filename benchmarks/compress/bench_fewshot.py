@@ -110,9 +110,12 @@ ROWS = {
                   "BEST2 + weight EMA (decay 0.999), image draw seed 0"),
     "best2_ema_s1": (BEST2.replace("steps=4000)", "steps=4000,ema=0.999)"), 10,
                      "BEST2 + weight EMA (decay 0.999), image draw seed 1", 1),
-    "best2_2t": (BEST2, 10, "BEST2 alone on the machine with 2 torch threads: the wall time a user waits on 2 cores"),
     "best2_drop": ("drop(blocks=2)," + BEST2.replace("macs=0.5", "macs=0.6"), 10,
                    "BEST2 after dropping 2 residual blocks (latency-aware structure), then pruning to the same MACs"),
+    "best2_drop_s1": ("drop(blocks=2)," + BEST2.replace("macs=0.5", "macs=0.6"), 10,
+                      "best2_drop, image draw seed 1", 1),
+    "best2_drop_s2": ("drop(blocks=2)," + BEST2.replace("macs=0.5", "macs=0.6"), 10,
+                      "best2_drop, image draw seed 2, alone on the machine with 2 torch threads (the wall time on 2 cores)", 2),
     "patient": ("prune(macs=0.5,coupled=false),distill(steps=5000,features=0),fold", 10,
                 "longer function matching (5000 steps): does patience pay?"),
     "abl_nostage2": ("prune(macs=0.5,coupled=false),distill(steps=0,features=0),fold", 10, "ablation: layer-wise stage only"),
@@ -388,7 +391,8 @@ def cmd_report(args):
         lines.append(f"| {name} | `{r['recipe']}` | {r.get('k', '-')} | {acc} | {macs} | {tm} | {r.get('note', '')}{size}{cpu} |")
     if lat:
         le = results.get("latency_env", {})
-        lines += ["", f"## Latency (interleaved; speed-up vs the checkpoint, median ms [p25, p75]; load average at end "
+        lines += ["", f"## Latency (interleaved; speed-up vs the checkpoint, median ms [p25, p75]; {le.get('cpu', '?')}, "
+                  f"{le.get('threads', '?')} threads, torch {le.get('torch', '?')}; load average at end "
                   f"{'/'.join(f'{x:.2f}' for x in le.get('loadavg', ()))})", "",
                   "| model | eager b1 | eager b64 | ORT b1 | ORT b64 |", "|---|---|---|---|---|"]
         names = sorted({k.split(":", 1)[1].rsplit("@", 1)[0] for k in lat})
