@@ -187,6 +187,12 @@ def run(args) -> int:
         acc_text = f"held-out accuracy {acc:.4f}" if acc is not None else f"held-out loss {last.get('eval_loss')}"
         print(f"trained {model_name} on {data_spec} for {last.get('epoch')} epochs: {acc_text}; "
               f"outputs in {config.out_dir}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # a torchrun worker whose outputs are written (fsynced) leaves without interpreter teardown: the
+        # destructors of the gloo group's threads are what can hang a finished job (see Trainer.fit)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

@@ -363,8 +363,15 @@ class Trainer:
             return TrainResult(self.core, self.history, cfg, cfg.out_dir, self.checkpoint_path)
         finally:
             if self._owns_group:
+                import gc
+
                 import torch.distributed as dist
 
+                # DDP (its reducer, the comm hook and its state) goes while the group is alive, then the group:
+                # freed the other way round, a worker's Trainer teardown hung past the test's 300 s once in ~25
+                # fresh-clone runs (faulthandler stack: at the return of fit(), after the job's last line)
+                self.net = self.core
+                gc.collect()
                 dist.destroy_process_group()
 
     def _barrier(self):
