@@ -116,6 +116,11 @@ ROWS = {
                       "best2_drop, image draw seed 1", 1),
     "best2_drop_s2": ("drop(blocks=2)," + BEST2.replace("macs=0.5", "macs=0.6"), 10,
                       "best2_drop, image draw seed 2, alone on the machine with 2 torch threads (the wall time on 2 cores)", 2),
+    # round 5 (2026-12-03): the structures bench_structure.py found fastest in ONNX Runtime, with BEST2's recovery
+    "best2_drop3g8": ("drop(blocks=3),prune(macs=0.72,coupled=false,round_to=8)," + BEST2.split("),", 1)[1], 10,
+                      "BEST2's recovery after dropping 3 blocks and pruning (global ranking, kept channels in multiples of 8)"),
+    "best2_droponly": ("drop(macs=0.5)," + BEST2.split("),", 1)[1], 10,
+                       "BEST2's recovery after dropping blocks only (5 of 9), no channel pruning"),
     "patient": ("prune(macs=0.5,coupled=false),distill(steps=5000,features=0),fold", 10,
                 "longer function matching (5000 steps): does patience pay?"),
     "abl_nostage2": ("prune(macs=0.5,coupled=false),distill(steps=0,features=0),fold", 10, "ablation: layer-wise stage only"),

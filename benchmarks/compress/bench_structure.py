@@ -1,0 +1,103 @@
+"""Which structure at ~2x fewer MACs is really faster? Latency of pruned/dropped ResNet-20 shapes (issue 16).
+
+Latency depends only on the shapes a recipe leaves, not on the recovered weights, so this times each recipe's
+structure *before* recovery (no distill; BatchNorm folded), interleaved with the checkpoint, in eager PyTorch and
+ONNX Runtime at batch 1 and 64. It answers which mix of block dropping, channel pruning and channel rounding
+to train, without training each. Run it with the machine otherwise idle (timing).
+
+    python benchmarks/compress/bench_structure.py --train ../shared/data/cifar10_train.npz \
+        --checkpoint ../shared/data/resnet20_cifar10.th --out benchmarks/results/compress/structure.md
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_fewshot import env, load_npz, splits, teacher  # noqa: E402
+
+P = "coupled=false,scope=layer"
+STRUCTURES = {
+    # name: recipe (every one ends in fold). scope=layer keeps the same fraction in every layer, so with round_to
+    # its kept counts move in coarse steps (the MAC search stops below the target); the global scope lands closer.
+    "prune": f"prune(macs=0.5,{P}),fold",
+    "prune_r8": f"prune(macs=0.5,{P},round_to=8),fold",
+    "prune_coupled": "prune(macs=0.5,coupled=true,scope=layer),fold",
+    "drop2_prune": f"drop(blocks=2),prune(macs=0.6,{P}),fold",
+    "drop2_prune_r8": f"drop(blocks=2),prune(macs=0.6,{P},round_to=8),fold",
+    "drop2_prune_g8": "drop(blocks=2),prune(macs=0.6,coupled=false,round_to=8),fold",
+    "drop3_prune_g8": "drop(blocks=3),prune(macs=0.72,coupled=false,round_to=8),fold",
+    "drop_only": "drop(macs=0.5),fold",
+}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train", default="../shared/data/cifar10_train.npz")
+    ap.add_argument("--checkpoint", default="../shared/data/resnet20_cifar10.th")
+    ap.add_argument("--rows", default=",".join(STRUCTURES))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=40)
+    ap.add_argument("--out", default="benchmarks/results/compress/structure.md")
+    args = ap.parse_args(argv)
+
+    from slimkit.compress import compress
+    from slimkit.compress.check import CheckConfig
+    from slimkit.compress.int8 import OrtModule
+    from slimkit.compress.measure import interleaved_latency
+    from slimkit.profile.counting import count_macs
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    base = teacher(args.checkpoint)
+    few, _ = splits(args.train, 10)
+    x1 = few[0][:1]
+    eager = {"baseline": base}
+    # no recovery here, so the outputs are far from the checkpoint's: only the shapes matter
+    unchecked = CheckConfig(max_rel_error={"*": float("inf")}, min_agreement={"*": 0.0})
+    for n in args.rows.split(","):
+        eager[n] = compress(base, x1, STRUCTURES[n], data=few, progress=False, latency_batches=(),
+                            check=unchecked).model.eval()
+    macs0 = count_macs(base, (x1,))
+    info = {n: dict(recipe=STRUCTURES.get(n, "pretrained checkpoint"), macs_ratio=macs0 / count_macs(m, (x1,)),
+                    depth=sum(isinstance(l, torch.nn.Conv2d) for l in m.modules()),
+                    widths=[l.out_channels for l in m.modules() if isinstance(l, torch.nn.Conv2d)])
+            for n, m in eager.items()}
+    ort = {n: OrtModule.from_torch(m, (x1,), threads=args.threads) for n, m in eager.items()}
+    lat = {}
+    with torch.inference_mode():
+        for b in (1, 64):
+            xb = (few[0][:b].contiguous() if b <= len(few[0]) else few[0].repeat(2, 1, 1, 1)[:b],)
+            for kind, group in (("eager", eager), ("ort", ort)):
+                for n, t in interleaved_latency(group, xb, repeats=args.repeats, warmup=3).items():
+                    lat[f"{kind}:{n}@b{b}"] = t
+    e = env()
+
+    def cell(kind, n, b):
+        t, ref = lat[f"{kind}:{n}@b{b}"], lat[f"{kind}:baseline@b{b}"]
+        return f"{ref['median_ms'] / t['median_ms']:.2f}x ({t['median_ms']:.2f} [{t['p25_ms']:.2f}, {t['p75_ms']:.2f}])"
+
+    lines = ["# Latency of ResNet-20 structures at ~2x fewer MACs, before recovery (issue 16)", "",
+             f"{e.get('cpu', platform.processor())}, {args.threads} threads, torch {torch.__version__}; interleaved, "
+             f"{args.repeats} rounds; speed-up vs the checkpoint (median ms [p25, p75]); BatchNorm folded. Command: "
+             "`python benchmarks/compress/bench_structure.py`.", "",
+             "| structure | recipe | MACs | convs | eager b1 | eager b64 | ORT b1 | ORT b64 |",
+             "|---|---|---:|---:|---|---|---|---|"]
+    for n, i in info.items():
+        lines.append(f"| {n} | `{i['recipe']}` | {i['macs_ratio']:.2f}x fewer | {i['depth']} | {cell('eager', n, 1)} | "
+                     f"{cell('eager', n, 64)} | {cell('ort', n, 1)} | {cell('ort', n, 64)} |")
+    text = "\n".join(lines) + "\n"
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write(text)
+    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+        json.dump(dict(env=e, structures=info, latency=lat), f, indent=1)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
