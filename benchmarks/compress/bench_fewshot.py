@@ -119,6 +119,8 @@ ROWS = {
     # round 5 (2026-12-03): the structures bench_structure.py found fastest in ONNX Runtime, with BEST2's recovery
     "best2_drop3g8": ("drop(blocks=3),prune(macs=0.72,coupled=false,round_to=8)," + BEST2.split("),", 1)[1], 10,
                       "BEST2's recovery after dropping 3 blocks and pruning (global ranking, kept channels in multiples of 8)"),
+    "best2_drop3g8_s1": ("drop(blocks=3),prune(macs=0.72,coupled=false,round_to=8)," + BEST2.split("),", 1)[1], 10,
+                         "best2_drop3g8, image draw seed 1, alone on the machine with 2 torch threads", 1),
     "best2_droponly": ("drop(macs=0.5)," + BEST2.split("),", 1)[1], 10,
                        "BEST2's recovery after dropping blocks only (5 of 9), no channel pruning"),
     "patient": ("prune(macs=0.5,coupled=false),distill(steps=5000,features=0),fold", 10,
