@@ -33,6 +33,9 @@ BEST = "prune(macs=0.5,coupled=false,scope=layer),distill(method=finetune,featur
 # round 3: the longer, BN-recalibrated fine-tune (2.7x the compression time of BEST)
 BEST2 = ("prune(macs=0.5,coupled=false,scope=layer),"
          "distill(method=finetune,bnrecal=true,features=10,feature_at=blocks,steps=4000),fold")
+BEST2_RECOVERY = BEST2.split("),", 1)[1]  # its distill + fold, after the prune
+# round 5: the structure bench_structure.py found fastest at ~2.2x fewer MACs (3 blocks dropped, widths in 8s)
+DROP3_G8 = "drop(blocks=3),prune(macs=0.72,coupled=false,round_to=8)," + BEST2_RECOVERY
 SYNTH = "synth(n=256,iters=200)"
 ROWS = {
     # name: (recipe, K, note). The recipe runs through slimkit.compress(); K=0 = data-free.
@@ -117,11 +120,11 @@ ROWS = {
     "best2_drop_s2": ("drop(blocks=2)," + BEST2.replace("macs=0.5", "macs=0.6"), 10,
                       "best2_drop, image draw seed 2, alone on the machine with 2 torch threads (the wall time on 2 cores)", 2),
     # round 5 (2026-12-03): the structures bench_structure.py found fastest in ONNX Runtime, with BEST2's recovery
-    "best2_drop3g8": ("drop(blocks=3),prune(macs=0.72,coupled=false,round_to=8)," + BEST2.split("),", 1)[1], 10,
+    "best2_drop3g8": (DROP3_G8, 10,
                       "BEST2's recovery after dropping 3 blocks and pruning (global ranking, kept channels in multiples of 8)"),
-    "best2_drop3g8_s1": ("drop(blocks=3),prune(macs=0.72,coupled=false,round_to=8)," + BEST2.split("),", 1)[1], 10,
+    "best2_drop3g8_s1": (DROP3_G8, 10,
                          "best2_drop3g8, image draw seed 1, alone on the machine with 2 torch threads", 1),
-    "best2_droponly": ("drop(macs=0.5)," + BEST2.split("),", 1)[1], 10,
+    "best2_droponly": ("drop(macs=0.5)," + BEST2_RECOVERY, 10,
                        "BEST2's recovery after dropping blocks only (5 of 9), no channel pruning"),
     "patient": ("prune(macs=0.5,coupled=false),distill(steps=5000,features=0),fold", 10,
                 "longer function matching (5000 steps): does patience pay?"),
@@ -374,6 +377,8 @@ def _speed(lat, kind, name, b):
 
 
 def cmd_report(args):
+    from slimkit._io import write_text
+
     results = json.load(open(args.results))
     rows, lat, e = results["rows"], results.get("latency", {}), results.get("env", {})
     base = rows["baseline"]
@@ -407,8 +412,7 @@ def cmd_report(args):
             lines.append(f"| {n} | {_speed(lat, 'eager', n, 1)} | {_speed(lat, 'eager', n, 64)} | "
                          f"{_speed(lat, 'ort', n, 1)} | {_speed(lat, 'ort', n, 64)} |")
     text = "\n".join(lines) + "\n"
-    with open(args.markdown, "w") as f:
-        f.write(text)
+    write_text(args.markdown, text)
     print(text)
     return 0
 

@@ -11,13 +11,12 @@ to train, without training each. Run it with the machine otherwise idle (timing)
 import argparse
 import json
 import os
-import platform
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_fewshot import env, load_npz, splits, teacher  # noqa: E402
+from bench_fewshot import _save, _speed, env, splits, teacher  # noqa: E402
 
 P = "coupled=false,scope=layer"
 STRUCTURES = {
@@ -34,6 +33,26 @@ STRUCTURES = {
 }
 
 
+def report(results, path):
+    """Write the Markdown table of ``results`` (this script's json) to ``path``; return its text."""
+    from slimkit._io import write_text
+
+    e, lat = results["env"], results["latency"]
+    lines = ["# Latency of ResNet-20 structures at ~2x fewer MACs, before recovery (issue 16)", "",
+             f"{e['cpu']}, {e['threads']} threads, torch {e['torch']}; interleaved, {results['repeats']} rounds; "
+             "speed-up vs the checkpoint (median ms [p25, p75]); BatchNorm folded. Command: "
+             "`python benchmarks/compress/bench_structure.py`.", "",
+             "| structure | recipe | MACs | convs | eager b1 | eager b64 | ORT b1 | ORT b64 |",
+             "|---|---|---:|---:|---|---|---|---|"]
+    for n, i in results["structures"].items():
+        lines.append(f"| {n} | `{i['recipe']}` | {i['macs_ratio']:.2f}x fewer | {i['depth']} | "
+                     + " | ".join(_speed(lat, kind, n, b) for kind in ("eager", "ort") for b in (1, 64)) + " |")
+    text = "\n".join(lines) + "\n"
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    write_text(path, text)
+    return text
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", default="../shared/data/cifar10_train.npz")
@@ -43,6 +62,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=40)
     ap.add_argument("--out", default="benchmarks/results/compress/structure.md")
     args = ap.parse_args(argv)
+    unknown = [n for n in args.rows.split(",") if n not in STRUCTURES]
+    if unknown:
+        ap.error(f"unknown structure(s) {', '.join(unknown)}; known: {', '.join(STRUCTURES)}")
 
     from slimkit.compress import compress
     from slimkit.compress.check import CheckConfig
@@ -69,33 +91,13 @@ def main(argv=None):
     ort = {n: OrtModule.from_torch(m, (x1,), threads=args.threads) for n, m in eager.items()}
     lat = {}
     with torch.inference_mode():
-        for b in (1, 64):
-            xb = (few[0][:b].contiguous() if b <= len(few[0]) else few[0].repeat(2, 1, 1, 1)[:b],)
+        for b in (1, 64):  # the 100 few-shot images cover both batch sizes
             for kind, group in (("eager", eager), ("ort", ort)):
-                for n, t in interleaved_latency(group, xb, repeats=args.repeats, warmup=3).items():
+                for n, t in interleaved_latency(group, (few[0][:b],), repeats=args.repeats, warmup=3).items():
                     lat[f"{kind}:{n}@b{b}"] = t
-    e = env()
-
-    def cell(kind, n, b):
-        t, ref = lat[f"{kind}:{n}@b{b}"], lat[f"{kind}:baseline@b{b}"]
-        return f"{ref['median_ms'] / t['median_ms']:.2f}x ({t['median_ms']:.2f} [{t['p25_ms']:.2f}, {t['p75_ms']:.2f}])"
-
-    lines = ["# Latency of ResNet-20 structures at ~2x fewer MACs, before recovery (issue 16)", "",
-             f"{e.get('cpu', platform.processor())}, {args.threads} threads, torch {torch.__version__}; interleaved, "
-             f"{args.repeats} rounds; speed-up vs the checkpoint (median ms [p25, p75]); BatchNorm folded. Command: "
-             "`python benchmarks/compress/bench_structure.py`.", "",
-             "| structure | recipe | MACs | convs | eager b1 | eager b64 | ORT b1 | ORT b64 |",
-             "|---|---|---:|---:|---|---|---|---|"]
-    for n, i in info.items():
-        lines.append(f"| {n} | `{i['recipe']}` | {i['macs_ratio']:.2f}x fewer | {i['depth']} | {cell('eager', n, 1)} | "
-                     f"{cell('eager', n, 64)} | {cell('ort', n, 1)} | {cell('ort', n, 64)} |")
-    text = "\n".join(lines) + "\n"
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
-    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-        json.dump(dict(env=e, structures=info, latency=lat), f, indent=1)
-    print(text)
+    results = dict(env=env(), repeats=args.repeats, structures=info, latency=lat)
+    _save(os.path.splitext(args.out)[0] + ".json", results)
+    print(report(results, args.out))
     return 0
 
 
