@@ -30,6 +30,10 @@ STRUCTURES = {
     "drop2_prune_g8": "drop(blocks=2),prune(macs=0.6,coupled=false,round_to=8),fold",
     "drop3_prune_g8": "drop(blocks=3),prune(macs=0.72,coupled=false,round_to=8),fold",
     "drop_only": "drop(macs=0.5),fold",
+    # the budget driver picks the mix itself: {ms} is the checkpoint's ONNX Runtime batch-1 median / --speedup,
+    # timed on this machine; each bisection step times the combined model in ONNX Runtime
+    "budget_ort": "budget(target_latency_ms={ms},runtime=onnxruntime,coupled=false,round_to=8),fold",
+    "budget_ort_blocks": "budget(target_latency_ms={ms},runtime=onnxruntime,coupled=false,round_to=8,blocks=true),fold",
 }
 
 
@@ -47,6 +51,15 @@ def report(results, path):
     for n, i in results["structures"].items():
         lines.append(f"| {n} | `{i['recipe']}` | {i['macs_ratio']:.2f}x fewer | {i['depth']} | "
                      + " | ".join(_speed(lat, kind, n, b) for kind in ("eager", "ort") for b in (1, 64)) + " |")
+    picked = [(n, i) for n, i in results["structures"].items() if i.get("budget")]
+    if picked:
+        lines += ["", "What the budget rows picked (the target and the latency the driver measured while searching, ORT "
+                  "batch 1, 30 repeats each; the table's numbers are the interleaved re-measurement):", ""]
+    for n, i in picked:
+        b = i["budget"]
+        lines.append(f"- {n}: target {b['target']:.3f} ms, reached {b['achieved']:.3f} ms "
+                     f"({'met' if b['met'] else 'MISSED'}); dropped blocks: {', '.join(b['dropped']) or 'none'}; "
+                     f"conv widths {i['widths']}")
     text = "\n".join(lines) + "\n"
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     write_text(path, text)
@@ -60,6 +73,7 @@ def main(argv=None):
     ap.add_argument("--rows", default=",".join(STRUCTURES))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=40)
+    ap.add_argument("--speedup", type=float, default=1.7, help="the budget rows' ORT batch-1 target vs the checkpoint")
     ap.add_argument("--out", default="benchmarks/results/compress/structure.md")
     args = ap.parse_args(argv)
     unknown = [n for n in args.rows.split(",") if n not in STRUCTURES]
@@ -80,13 +94,24 @@ def main(argv=None):
     eager = {"baseline": base}
     # no recovery here, so the outputs are far from the checkpoint's: only the shapes matter
     unchecked = CheckConfig(max_rel_error={"*": float("inf")}, min_agreement={"*": 0.0})
+    recipes, chosen = dict(STRUCTURES), {}
+    if any("{ms}" in STRUCTURES[n] for n in args.rows.split(",")):
+        from slimkit.compress.budget import _latency_ms
+        from slimkit.model_io import Example
+
+        base_ms = sorted(_latency_ms(base, Example.of((x1,)), "onnxruntime") for _ in range(5))[2]
+        recipes = {n: r.replace("{ms}", f"{base_ms / args.speedup:.3f}") for n, r in STRUCTURES.items()}
     for n in args.rows.split(","):
-        eager[n] = compress(base, x1, STRUCTURES[n], data=few, progress=False, latency_batches=(),
-                            check=unchecked).model.eval()
+        res = compress(base, x1, recipes[n], data=few, progress=False, latency_batches=(), check=unchecked)
+        eager[n] = res.model.eval()
+        budget = next((p.target for p in res.report.passes if p.name == "budget"), None)
+        if budget:
+            chosen[n] = dict(budget, dropped=getattr(res.model, "dropped_blocks", []))
     macs0 = count_macs(base, (x1,))
-    info = {n: dict(recipe=STRUCTURES.get(n, "pretrained checkpoint"), macs_ratio=macs0 / count_macs(m, (x1,)),
+    info = {n: dict(recipe=recipes.get(n, "pretrained checkpoint"), macs_ratio=macs0 / count_macs(m, (x1,)),
                     depth=sum(isinstance(l, torch.nn.Conv2d) for l in m.modules()),
-                    widths=[l.out_channels for l in m.modules() if isinstance(l, torch.nn.Conv2d)])
+                    widths=[l.out_channels for l in m.modules() if isinstance(l, torch.nn.Conv2d)],
+                    budget=chosen.get(n))
             for n, m in eager.items()}
     ort = {n: OrtModule.from_torch(m, (x1,), threads=args.threads) for n, m in eager.items()}
     lat = {}

@@ -13,6 +13,11 @@ measured sensitivity (AIMET-style per-layer sweep, then a min-max-sensitivity al
    sensitivities until the combined model (built, then measured: exact MACs / bytes, or the median
    batch-1 latency) meets the target with the smallest ``eps``. If even the largest ``eps`` misses,
    the most compressed model is returned and ``context.extras['budget']['met']`` is False.
+3. **Blocks** (``blocks=true``, prune only): every residual block (``drop.candidate_blocks``) is one more
+   option with a single level, replaced by ``nn.Identity``, its sensitivity measured the same way. The
+   allocation then mixes dropped blocks and thinned layers; with ``target_latency_ms`` each bisection step
+   times the combined model, so the mix is chosen by measured latency (fewer layers save launches that
+   thinner layers do not: ``benchmarks/results/compress/structure.md``), not by MACs.
    (A ratio-greedy "least error per saved MAC" walk was tried first: because the output error
    saturates near 1, it jumped straight to the most pruned level of the most expensive layer.)
 
@@ -31,6 +36,7 @@ from tqdm.auto import tqdm
 
 from slimkit.compress import lowrank as lr
 from slimkit.compress.base import CompressContext, PassConfig, register_pass
+from slimkit.compress.drop import candidate_blocks, replace
 from slimkit.compress.prune import Pruner, calibration_examples
 from slimkit.model_io import Example, select_output
 from slimkit.profile.counting import count_macs
@@ -44,7 +50,8 @@ METHODS = ("prune", "lowrank")
 class BudgetConfig(PassConfig):
     """Exactly one of ``target_macs``, ``target_bytes``, ``target_latency_ms``; ``method``: prune|lowrank;
     ``criterion`` ranks channels inside a layer (prune); ``steps``: levels per layer in the sweep;
-    ``runtime``: the latency runtime ``target_latency_ms`` is timed in."""
+    ``runtime``: the latency runtime ``target_latency_ms`` is timed in; ``blocks``: also consider dropping whole
+    residual blocks (prune only); ``coupled``: as prune's."""
 
     name = "budget"
     lossless = False
@@ -57,6 +64,8 @@ class BudgetConfig(PassConfig):
     round_to: int = 1
     calib_batches: int = 2
     runtime: str = "eager"
+    blocks: bool = False
+    coupled: bool = True  # prune only; False leaves channels shared across adds (a ResNet's stream) intact
 
     def __post_init__(self):
         given = [t for t in (self.target_macs, self.target_bytes, self.target_latency_ms) if t is not None]
@@ -68,6 +77,8 @@ class BudgetConfig(PassConfig):
             raise ValueError(f"budget: method must be one of {METHODS}, got {self.method!r}")
         if self.steps < 2:
             raise ValueError(f"budget: steps must be >= 2, got {self.steps}")
+        if self.blocks and self.method != "prune":
+            raise ValueError("budget: blocks=true needs method=prune")
         get_runtime(self.runtime)  # an unknown name raises, listing the registered runtimes
 
 
@@ -78,7 +89,7 @@ def _latency_ms(model, example, runtime="eager"):
     first = next(iter(model.parameters()), None)
     runner = make_runner(model, one, runtime, device=str(first.device) if first is not None else "cpu")
     warmup = 2 + get_runtime(runtime).setup_on_first_call
-    return measure_latency(lambda: one(runner), (), warmup=warmup, repeats=10).median_ms
+    return measure_latency(lambda: one(runner), (), warmup=warmup, repeats=30).median_ms  # the bisection compares these: 10 repeats were noisy on a loaded machine
 
 
 class _Metric:
@@ -144,26 +155,45 @@ def allocate(options, evaluate, target, progress=False):
     return levels_at(eps[hi]), best, True
 
 
+def _without(model, blocks):
+    """A copy of ``model`` with ``blocks`` replaced by ``nn.Identity`` (a block inside a dropped one is skipped)."""
+    if not blocks:
+        return model
+    model, done = copy.deepcopy(model), []
+    for name in sorted(blocks, key=len):
+        if not any(name == d or name.startswith(d + ".") for d in done):
+            replace(model, name, torch.nn.Identity())
+            done.append(name)
+    model.dropped_blocks = done
+    return model
+
+
 def _budget_prune(model, x, config, context, metric, sens):
-    pruner = Pruner(model, x, config.criterion, context, config.calib_batches)
+    pruner = Pruner(model, x, config.criterion, context, config.calib_batches, coupled=config.coupled)
     base = metric.proxy(pruner.model)
     options, grid = {}, [k / config.steps for k in range(config.steps)]
+    blocks = candidate_blocks(pruner.model, x) if config.blocks else []
 
-    def removed_for(levels):
-        removed = [gid for ci, lvl in levels.items() for gid in
+    def build(levels):
+        removed = [gid for ci, lvl in levels.items() if not isinstance(ci, str) for gid in
                    pruner.clusters[ci][:int(grid[lvl] * len(pruner.clusters[ci]))]]
-        return pruner._respect_minimums(removed, config.round_to)
+        dropped = [k.split(":", 1)[1] for k, lvl in levels.items() if isinstance(k, str) and lvl]
+        return _without(pruner.build(pruner._respect_minimums(removed, config.round_to)), dropped)
 
-    sweep = tqdm(range(len(pruner.clusters)), desc="budget: sensitivity", disable=not context.progress, leave=False)
-    for ci in sweep:
+    sweep = tqdm(range(len(pruner.clusters) + len(blocks)), desc="budget: sensitivity", disable=not context.progress,
+                 leave=False)
+    for i in sweep:
+        if i < len(pruner.clusters):
+            keys = [(i, {i: lvl}) for lvl in range(1, config.steps)]
+        else:
+            keys = [(f"block:{blocks[i - len(pruner.clusters)]}", {f"block:{blocks[i - len(pruner.clusters)]}": 1})]
         opts = [(0.0, 0.0)]
-        for lvl in range(1, config.steps):
-            m = pruner.build(removed_for({ci: lvl}))
+        for _, levels in keys:
+            m = build(levels)
             opts.append((base - metric.proxy(m), sens(m)))
-        options[ci] = opts
-    levels, value, met = allocate(options, lambda lv: metric.fn(pruner.build(removed_for(lv))), metric.target,
-                                context.progress)
-    return pruner.build(removed_for(levels)), levels, value, met
+        options[keys[0][0]] = opts
+    levels, value, met = allocate(options, lambda lv: metric.fn(build(lv)), metric.target, context.progress)
+    return build(levels), levels, value, met
 
 
 def _budget_lowrank(model, x, config, context, metric, sens):

@@ -273,6 +273,30 @@ class Pruner:
             removed = order[:int(round(amount * len(order)))]
         return self._respect_minimums(fixed + removed, round_to)
 
+    def _give_back(self, removed, fits, scope, round_to):
+        """Return removed groups, one rounding unit of one cluster at a time, while ``fits(removed)`` holds.
+        The bisection moves every cluster at once, so with ``round_to`` > 1 (scope=layer most of all) one step
+        can drop a whole unit from every layer and land far below the target (2.57x fewer MACs for a 2x
+        target on ResNet-20 with round_to=8). Order: the least-kept cluster first for scope=layer (it stays
+        near-uniform), the best-scored removed group first for scope=global."""
+        removed = set(removed)
+        while True:
+            options = []
+            for ci, cluster in enumerate(self.clusters):
+                gone = [gid for gid in cluster if gid in removed]  # clusters are sorted by score, worst first
+                if not gone:
+                    continue
+                unit = gone[-self._round(ci, round_to):]
+                rank = (len(cluster) - len(gone)) / len(cluster) if scope == "layer" else -self.scores[unit[-1]]
+                options.append((rank, ci, unit))
+            for _, _, unit in sorted(options, key=lambda o: o[:2]):
+                trial = removed.difference(unit)
+                if fits(trial):
+                    removed = trial
+                    break
+            else:
+                return removed
+
     def build(self, removed):
         key = frozenset(removed)
         if getattr(self, "_built", (None,))[0] != key:  # the MAC check and the pass build the same model
@@ -303,6 +327,10 @@ class Pruner:
                 hi, best = mid, removed
             else:
                 lo = mid
+        if any(self._round(ci, round_to) > 1 for ci in range(len(self.clusters))):
+            # with round_to=1 the overshoot is a channel per cluster (ResNet-20: 2.06x for 2x), and giving single
+            # channels back would leave the odd widths that ONNX Runtime runs slowly
+            best = self._give_back(best, lambda r: est(r) <= target, scope, round_to)
         for _ in range(8):  # the exact count decides; the cost model is exact for conv/linear/attention
             if self.macs_ratio(best) <= target + 1e-9 or hi >= 1.0:
                 break

@@ -102,6 +102,32 @@ def test_missed_budget_target_reaches_the_report():
     assert compress(model, x, "fold", progress=False, latency_batches=()).report.targets_met is None
 
 
+def test_budget_drops_a_block_that_does_nothing():
+    # block1 with a zero BN-scaled residual branch returns relu(x) = x: dropping it is lossless, so the first
+    # threshold (error 0) meets a target that channel pruning alone meets only with an output error
+    from slimkit.compress.drop import replace
+
+    model, x = _model(5), torch.randn(8, 3, 8, 8)
+    with torch.no_grad():
+        model.block1.bn2.weight.zero_()
+        model.block1.bn2.bias.zero_()
+    without = state_copy(model)
+    ref = _model(5)
+    ref.load_state_dict(without)
+    replace(ref, "block1", torch.nn.Identity())
+    target = count_macs(ref, x) + 1
+    ctx = CompressContext(progress=False)
+    out = budget(model, x, BudgetConfig(target_macs=target, blocks=True, steps=4), ctx)
+    info = ctx.extras["budget"]
+    assert info["met"] and info["levels"]["block:block1"] == 1 and out.dropped_blocks == ["block1"]
+    assert isinstance(out.block1, torch.nn.Identity) and count_macs(out, x) <= target
+    torch.testing.assert_close(out(x), model(x), rtol=1e-5, atol=1e-5)
+    ctx = CompressContext(progress=False)
+    budget(model, x, BudgetConfig(target_macs=target, steps=4), ctx)
+    assert ctx.extras["budget"]["met"] and ctx.extras["budget"]["output_error"] > 1e-3
+    assert not any(isinstance(k, str) for k in ctx.extras["budget"]["levels"])
+
+
 def test_budget_config_errors():
     with pytest.raises(ValueError, match="exactly one"):
         BudgetConfig()
@@ -109,4 +135,6 @@ def test_budget_config_errors():
         BudgetConfig(target_macs=0.5, target_bytes=0.5)
     with pytest.raises(ValueError, match="method"):
         BudgetConfig(target_macs=0.5, method="quantize")
+    with pytest.raises(ValueError, match="blocks=true needs method=prune"):
+        BudgetConfig(target_macs=0.5, method="lowrank", blocks=True)
     assert get_pass("budget")[0] is BudgetConfig

@@ -134,3 +134,23 @@ def test_unreachable_macs_target_warns_and_names_the_grouped_conv():
     with pytest.warns(UserWarning, match=r"macs=0.7 cannot be reached; .* keeps 0\.\d\d .*grouped conv \(groups=4\) at g"):
         out = prune(model, torch.randn(2, 3, 8, 8), PruneConfig(macs=0.7), CompressContext(progress=False))
     assert out.g.weight.shape == (16, 4, 3, 3) and out.a.weight.shape[0] == 16
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_macs_search_with_round_to_gives_back_what_fits(scope):
+    # the bisection moves every cluster by a whole rounding unit at once; the give-back must leave a model at or
+    # under the target from which no further unit of any cluster can be returned
+    from slimkit.compress.prune import Pruner
+
+    torch.manual_seed(0)
+    model, x = randomize_bn(ToyNet(width=32)).eval(), torch.randn(2, 3, 8, 8)
+    pruner = Pruner(model, x, coupled=False)
+    target, r = 0.6, 4
+    removed = pruner.search_macs(target, scope, r)
+    assert pruner.macs_ratio(removed) <= target + 1e-9
+    for ci, cluster in enumerate(pruner.clusters):
+        gone = [g for g in cluster if g in removed]
+        kept = len(cluster) - len(gone)
+        assert kept == len(cluster) or kept % r == 0, (ci, kept)
+        if gone:
+            assert pruner.estimated_macs(set(removed) - set(gone[-r:])) / pruner.macs0 > target, ci
