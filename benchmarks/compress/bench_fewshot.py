@@ -36,6 +36,10 @@ BEST2 = ("prune(macs=0.5,coupled=false,scope=layer),"
 BEST2_RECOVERY = BEST2.split("),", 1)[1]  # its distill + fold, after the prune
 # round 5: the structure bench_structure.py found fastest at ~2.2x fewer MACs (3 blocks dropped, widths in 8s)
 DROP3_G8 = "drop(blocks=3),prune(macs=0.72,coupled=false,round_to=8)," + BEST2_RECOVERY
+# round 6: the budget driver picks drop/prune/rounding itself for ONNX Runtime batch 1 at 1.7x the checkpoint's
+# speed ({ms}: resolved at run time on this machine, see ort_target_ms)
+BUDGET17 = "budget(target_latency_ms={ms},runtime=onnxruntime,coupled=false,round_to=8,blocks=true)," + BEST2_RECOVERY
+SPEEDUP = 1.7
 SYNTH = "synth(n=256,iters=200)"
 ROWS = {
     # name: (recipe, K, note). The recipe runs through slimkit.compress(); K=0 = data-free.
@@ -126,6 +130,14 @@ ROWS = {
                          "best2_drop3g8, image draw seed 1, alone on the machine with 2 torch threads", 1),
     "best2_droponly": ("drop(macs=0.5)," + BEST2_RECOVERY, 10,
                        "BEST2's recovery after dropping blocks only (5 of 9), no channel pruning"),
+    # round 6 (2026-12-03)
+    "best2_budget17": (BUDGET17, 10, "budget(blocks=true) for 1.7x the checkpoint's ORT batch-1 speed, then BEST2's "
+                       "recovery; alone on the machine, 2 torch threads"),
+    "best2_budget_macs": ("budget(target_macs=0.5,coupled=false)," + BEST2_RECOVERY, 10,
+                          "per-layer widths by measured sensitivity (budget driver, AIMET-style) instead of the same "
+                          "fraction per layer, then BEST2's recovery"),
+    "best2_drop_8k": ("drop(blocks=2)," + BEST2.replace("macs=0.5", "macs=0.6").replace("steps=4000", "steps=8000"), 10,
+                      "best2_drop with 8000 function-matching steps (twice): does more patience pay?"),
     "patient": ("prune(macs=0.5,coupled=false),distill(steps=5000,features=0),fold", 10,
                 "longer function matching (5000 steps): does patience pay?"),
     "abl_nostage2": ("prune(macs=0.5,coupled=false),distill(steps=0,features=0),fold", 10, "ablation: layer-wise stage only"),
@@ -203,12 +215,22 @@ def _save(path, obj):
     os.replace(path + ".tmp", path)
 
 
+def ort_target_ms(base, x1, speedup=SPEEDUP):
+    """The checkpoint's ONNX Runtime batch-1 median (middle of 5 runs, torch's thread count) / ``speedup``."""
+    from slimkit.compress.budget import _latency_ms
+    from slimkit.model_io import Example
+
+    return sorted(_latency_ms(base, Example.of((x1,)), "onnxruntime") for _ in range(5))[2] / speedup
+
+
 def run_row(name, recipe, k, args, base, test, log, seed=0):
     from slimkit.compress import compress
     from slimkit.profile.counting import count_macs
 
     few, val = splits(args.train, k, seed)
     x1 = test[0][:1]
+    if "{ms}" in recipe:
+        recipe = recipe.replace("{ms}", f"{ort_target_ms(base, x1):.3f}")
     t0, c0 = time.time(), time.process_time()
     res = compress(base, x1, recipe, data=(few[0], few[1]) if k > 0 else None, progress=False, latency_batches=())
     wall, cpu = time.time() - t0, time.process_time() - c0
@@ -221,6 +243,10 @@ def run_row(name, recipe, k, args, base, test, log, seed=0):
                wall_s=round(wall, 1), cpu_s=round(cpu, 1), loadavg=os.getloadavg(),
                passes=[(r.name, round(r.seconds, 1)) for r in res.report.passes], note=ROWS.get(name, ("", 0, ""))[2],
                seed=seed, cpu=env()["cpu"])
+    if not isinstance(m, OrtModule):  # what a structure search picked
+        row["structure"] = dict(dropped=getattr(m, "dropped_blocks", []),
+                                widths=[c.out_channels for c in m.modules() if isinstance(c, torch.nn.Conv2d)])
+    row["targets"] = [p.target for p in res.report.passes if p.target]
     if not isinstance(m, OrtModule):
         torch.save(m, os.path.join(args.models, f"{name}.pt"))
     log(f"{name}: test {row['test']:.2f} val {row['val']:.2f} MACs {macs / 1e6:.2f}M wall {wall:.0f}s cpu {cpu:.0f}s")

@@ -16,7 +16,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_fewshot import _save, _speed, env, splits, teacher  # noqa: E402
+from bench_fewshot import _save, _speed, env, ort_target_ms, splits, teacher  # noqa: E402
 
 P = "coupled=false,scope=layer"
 STRUCTURES = {
@@ -96,11 +96,8 @@ def main(argv=None):
     unchecked = CheckConfig(max_rel_error={"*": float("inf")}, min_agreement={"*": 0.0})
     recipes, chosen = dict(STRUCTURES), {}
     if any("{ms}" in STRUCTURES[n] for n in args.rows.split(",")):
-        from slimkit.compress.budget import _latency_ms
-        from slimkit.model_io import Example
-
-        base_ms = sorted(_latency_ms(base, Example.of((x1,)), "onnxruntime") for _ in range(5))[2]
-        recipes = {n: r.replace("{ms}", f"{base_ms / args.speedup:.3f}") for n, r in STRUCTURES.items()}
+        ms = ort_target_ms(base, x1, args.speedup)
+        recipes = {n: r.replace("{ms}", f"{ms:.3f}") for n, r in STRUCTURES.items()}
     for n in args.rows.split(","):
         res = compress(base, x1, recipes[n], data=few, progress=False, latency_batches=(), check=unchecked)
         eager[n] = res.model.eval()

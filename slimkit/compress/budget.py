@@ -83,13 +83,32 @@ class BudgetConfig(PassConfig):
 
 
 def _latency_ms(model, example, runtime="eager"):
-    from slimkit.profile.latency import measure_latency
+    """Median batch-1 latency of ``model`` in ``runtime`` (ONNX Runtime with torch's thread count, as deployed)."""
+    return _Latency(model, example, runtime).base_ms
 
-    one = example.resized(1)
-    first = next(iter(model.parameters()), None)
-    runner = make_runner(model, one, runtime, device=str(first.device) if first is not None else "cpu")
-    warmup = 2 + get_runtime(runtime).setup_on_first_call
-    return measure_latency(lambda: one(runner), (), warmup=warmup, repeats=30).median_ms  # the bisection compares these: 10 repeats were noisy on a loaded machine
+
+class _Latency:
+    """Batch-1 latency in ``runtime``, each candidate timed interleaved with the original model and scaled by
+    the original's first median: a shared machine's load drifts during the search, and the ratio to a model
+    timed alongside is steadier than an absolute median of a ~1 ms model."""
+
+    def __init__(self, model, example, runtime):
+        from slimkit.profile.latency import compare_latency
+
+        self.compare, self.one, self.runtime = compare_latency, example.resized(1), runtime
+        self.warmup = 2 + get_runtime(runtime).setup_on_first_call
+        self.ref = self._call(model)
+        self.base_ms = self.compare({"ref": self.ref}, (), warmup=self.warmup, repeats=30)["ref"].median_ms
+
+    def _call(self, model):
+        first = next(iter(model.parameters()), None)
+        runner = make_runner(model, self.one, self.runtime, threads=torch.get_num_threads(),
+                             device=str(first.device) if first is not None else "cpu")
+        return lambda: self.one(runner)
+
+    def __call__(self, model):
+        t = self.compare({"ref": self.ref, "cand": self._call(model)}, (), warmup=self.warmup, repeats=30)
+        return self.base_ms * t["cand"].median_ms / t["ref"].median_ms
 
 
 class _Metric:
@@ -97,7 +116,7 @@ class _Metric:
         self.x = Example.of(example_inputs)
         if config.target_latency_ms is not None:
             self.kind, self.target = "latency_ms", config.target_latency_ms
-            self.fn = lambda m: _latency_ms(m, self.x, config.runtime)
+            self.fn = _Latency(model, self.x, config.runtime)
         elif config.target_bytes is not None:
             self.kind, self.fn = "bytes", weight_bytes
             self.target = config.target_bytes * (weight_bytes(model) if config.target_bytes <= 1 else 1)
