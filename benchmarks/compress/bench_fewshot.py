@@ -136,6 +136,12 @@ ROWS = {
     "best2_budget_macs": ("budget(target_macs=0.5,coupled=false)," + BEST2_RECOVERY, 10,
                           "per-layer widths by measured sensitivity (budget driver, AIMET-style) instead of the same "
                           "fraction per layer, then BEST2's recovery"),
+    "best2_budget_macs_s1": ("budget(target_macs=0.5,coupled=false)," + BEST2_RECOVERY, 10,
+                             "best2_budget_macs, image draw seed 1", 1),
+    "best2_budget_macs_s2": ("budget(target_macs=0.5,coupled=false)," + BEST2_RECOVERY, 10,
+                             "best2_budget_macs, image draw seed 2", 2),
+    "best2_drop_r8": ("drop(blocks=2)," + BEST2.replace("macs=0.5", "macs=0.6").replace("scope=layer", "scope=layer,round_to=8"),
+                      10, "best2_drop with kept widths in multiples of 8 (the MAC search now gives rounding units back)"),
     "best2_drop_8k": ("drop(blocks=2)," + BEST2.replace("macs=0.5", "macs=0.6").replace("steps=4000", "steps=8000"), 10,
                       "best2_drop with 8000 function-matching steps (twice): does more patience pay?"),
     "patient": ("prune(macs=0.5,coupled=false),distill(steps=5000,features=0),fold", 10,

@@ -128,6 +128,16 @@ def test_budget_drops_a_block_that_does_nothing():
     assert not any(isinstance(k, str) for k in ctx.extras["budget"]["levels"])
 
 
+def test_budget_uncoupled_leaves_the_residual_stream_alone():
+    model, x = _model(6), torch.randn(8, 3, 8, 8)
+    ctx = CompressContext(progress=False)
+    out = budget(model, x, BudgetConfig(target_macs=0.7, coupled=False, steps=4), ctx)
+    assert ctx.extras["budget"]["met"] and count_macs(out, x) <= 0.7 * count_macs(model, x)
+    # the stream (stem -> block1 -> block2's shortcut) keeps its 8 channels; only block-internal ones go
+    assert out.stem.out_channels == out.block1.conv2.out_channels == out.block2.conv1.in_channels == 8
+    assert out.block1.conv1.out_channels + out.block2.conv1.out_channels + out.side.out_channels < 8 + 16 + 6
+
+
 def test_budget_config_errors():
     with pytest.raises(ValueError, match="exactly one"):
         BudgetConfig()
