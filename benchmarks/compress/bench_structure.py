@@ -30,6 +30,8 @@ STRUCTURES = {
     "drop2_prune_g8": "drop(blocks=2),prune(macs=0.6,coupled=false,round_to=8),fold",
     "drop3_prune_g8": "drop(blocks=3),prune(macs=0.72,coupled=false,round_to=8),fold",
     "drop_only": "drop(macs=0.5),fold",
+    # round 6: per-layer widths by measured sensitivity (88.78% after recovery, draw 0)
+    "budget_macs": "budget(target_macs=0.5,coupled=false),fold",
     # the budget driver picks the mix itself: {ms} is the checkpoint's ONNX Runtime batch-1 median / --speedup,
     # timed on this machine; each bisection step times the combined model in ONNX Runtime
     "budget_ort": "budget(target_latency_ms={ms},runtime=onnxruntime,coupled=false,round_to=8),fold",
