@@ -40,6 +40,8 @@ DROP3_G8 = "drop(blocks=3),prune(macs=0.72,coupled=false,round_to=8)," + BEST2_R
 # speed ({ms}: resolved at run time on this machine, see ort_target_ms)
 BUDGET17 = "budget(target_latency_ms={ms},runtime=onnxruntime,coupled=false,round_to=8,blocks=true)," + BEST2_RECOVERY
 SPEEDUP = 1.7
+# round 6: per-layer widths by measured sensitivity (the budget driver) instead of the same fraction per layer
+BUDGET_MACS = "budget(target_macs=0.5,coupled=false)," + BEST2_RECOVERY
 SYNTH = "synth(n=256,iters=200)"
 ROWS = {
     # name: (recipe, K, note). The recipe runs through slimkit.compress(); K=0 = data-free.
@@ -132,13 +134,13 @@ ROWS = {
                        "BEST2's recovery after dropping blocks only (5 of 9), no channel pruning"),
     # round 6 (2026-12-03)
     "best2_budget17": (BUDGET17, 10, "budget(blocks=true) for 1.7x the checkpoint's ORT batch-1 speed, then BEST2's "
-                       "recovery; alone on the machine, 2 torch threads"),
-    "best2_budget_macs": ("budget(target_macs=0.5,coupled=false)," + BEST2_RECOVERY, 10,
+                       "recovery; 2 torch threads, the search alone, the fine-tune beside one other 1-thread row"),
+    "best2_budget_macs": (BUDGET_MACS, 10,
                           "per-layer widths by measured sensitivity (budget driver, AIMET-style) instead of the same "
                           "fraction per layer, then BEST2's recovery"),
-    "best2_budget_macs_s1": ("budget(target_macs=0.5,coupled=false)," + BEST2_RECOVERY, 10,
+    "best2_budget_macs_s1": (BUDGET_MACS, 10,
                              "best2_budget_macs, image draw seed 1", 1),
-    "best2_budget_macs_s2": ("budget(target_macs=0.5,coupled=false)," + BEST2_RECOVERY, 10,
+    "best2_budget_macs_s2": (BUDGET_MACS, 10,
                              "best2_budget_macs, image draw seed 2", 2),
     "best2_drop_r8": ("drop(blocks=2)," + BEST2.replace("macs=0.5", "macs=0.6").replace("scope=layer", "scope=layer,round_to=8"),
                       10, "best2_drop with kept widths in multiples of 8 (the MAC search now gives rounding units back)"),
@@ -249,11 +251,10 @@ def run_row(name, recipe, k, args, base, test, log, seed=0):
                wall_s=round(wall, 1), cpu_s=round(cpu, 1), loadavg=os.getloadavg(),
                passes=[(r.name, round(r.seconds, 1)) for r in res.report.passes], note=ROWS.get(name, ("", 0, ""))[2],
                seed=seed, cpu=env()["cpu"])
-    if not isinstance(m, OrtModule):  # what a structure search picked
-        row["structure"] = dict(dropped=getattr(m, "dropped_blocks", []),
-                                widths=[c.out_channels for c in m.modules() if isinstance(c, torch.nn.Conv2d)])
     row["targets"] = [p.target for p in res.report.passes if p.target]
     if not isinstance(m, OrtModule):
+        row["structure"] = dict(dropped=getattr(m, "dropped_blocks", []),  # what a structure search picked
+                                widths=[c.out_channels for c in m.modules() if isinstance(c, torch.nn.Conv2d)])
         torch.save(m, os.path.join(args.models, f"{name}.pt"))
     log(f"{name}: test {row['test']:.2f} val {row['val']:.2f} MACs {macs / 1e6:.2f}M wall {wall:.0f}s cpu {cpu:.0f}s")
     return row
