@@ -42,6 +42,8 @@ BUDGET17 = "budget(target_latency_ms={ms},runtime=onnxruntime,coupled=false,roun
 SPEEDUP = 1.7
 # round 6: per-layer widths by measured sensitivity (the budget driver) instead of the same fraction per layer
 BUDGET_MACS = "budget(target_macs=0.5,coupled=false)," + BEST2_RECOVERY
+# round 7: the same after dropping 2 blocks, to half the MACs of the checkpoint (of=original), not of the dropped model
+DROP_BUDGET = "drop(blocks=2),budget(target_macs=0.5,of=original,coupled=false)," + BEST2_RECOVERY
 SYNTH = "synth(n=256,iters=200)"
 ROWS = {
     # name: (recipe, K, note). The recipe runs through slimkit.compress(); K=0 = data-free.
@@ -146,6 +148,13 @@ ROWS = {
                       10, "best2_drop with kept widths in multiples of 8 (the MAC search now gives rounding units back)"),
     "best2_drop_8k": ("drop(blocks=2)," + BEST2.replace("macs=0.5", "macs=0.6").replace("steps=4000", "steps=8000"), 10,
                       "best2_drop with 8000 function-matching steps (twice): does more patience pay?"),
+    # round 7 (2026-12-03): sensitivity widths with block dropping in the same sweep, after drop(blocks=2), and longer
+    "best2_budget_blocks": ("budget(target_macs=0.5,coupled=false,blocks=true)," + BEST2_RECOVERY, 10,
+                            "budget_macs with every residual block as one more option in the same sensitivity sweep"),
+    "best2_drop_budget": (DROP_BUDGET, 10,
+                          "drop(blocks=2), then per-layer widths by measured sensitivity to half the checkpoint's MACs"),
+    "best2_budget_macs_8k": (BUDGET_MACS.replace("steps=4000", "steps=8000"), 10,
+                             "best2_budget_macs with 8000 function-matching steps"),
     "patient": ("prune(macs=0.5,coupled=false),distill(steps=5000,features=0),fold", 10,
                 "longer function matching (5000 steps): does patience pay?"),
     "abl_nostage2": ("prune(macs=0.5,coupled=false),distill(steps=0,features=0),fold", 10, "ablation: layer-wise stage only"),

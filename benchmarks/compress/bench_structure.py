@@ -32,6 +32,8 @@ STRUCTURES = {
     "drop_only": "drop(macs=0.5),fold",
     # round 6: per-layer widths by measured sensitivity (88.78% after recovery, draw 0)
     "budget_macs": "budget(target_macs=0.5,coupled=false),fold",
+    # round 7: the same widths search after dropping 2 blocks, to half the checkpoint's MACs (88.54%, draw 0)
+    "drop2_budget_macs": "drop(blocks=2),budget(target_macs=0.5,of=original,coupled=false),fold",
     # the budget driver picks the mix itself: {ms} is the checkpoint's ONNX Runtime batch-1 median / --speedup,
     # timed on this machine; each bisection step times the combined model in ONNX Runtime
     "budget_ort": "budget(target_latency_ms={ms},runtime=onnxruntime,coupled=false,round_to=8),fold",

@@ -21,15 +21,16 @@ measured sensitivity (AIMET-style per-layer sweep, then a min-max-sensitivity al
    (A ratio-greedy "least error per saved MAC" walk was tried first: because the output error
    saturates near 1, it jumped straight to the most pruned level of the most expensive layer.)
 
-Targets: a value <= 1 for ``target_macs`` / ``target_bytes`` is a fraction of the original; larger
-values are absolute (MACs on the example inputs; weight bytes as ``slimkit.profile.sizes.weight_bytes``
+Targets: a value <= 1 for ``target_macs`` / ``target_bytes`` is a fraction of the pass's input model, or with
+``of=original`` of the model given to ``compress`` (so ``drop(blocks=2),budget(target_macs=0.5,of=original)``
+means half the original's MACs, whatever the drop removed); larger values are absolute (MACs on the example inputs; weight bytes as ``slimkit.profile.sizes.weight_bytes``
 counts them for the compression report: parameters and buffers, packed storage where a module has it).
 ``target_latency_ms`` is the absolute median latency at batch 1 on this machine, in ``runtime`` (a
 registered latency runtime, ``slimkit.profile.RUNTIMES``: eager by default).
 """
 import copy
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -51,7 +52,8 @@ class BudgetConfig(PassConfig):
     """Exactly one of ``target_macs``, ``target_bytes``, ``target_latency_ms``; ``method``: prune|lowrank;
     ``criterion`` ranks channels inside a layer (prune); ``steps``: levels per layer in the sweep;
     ``runtime``: the latency runtime ``target_latency_ms`` is timed in; ``blocks``: also consider dropping whole
-    residual blocks (prune only); ``coupled``: as prune's."""
+    residual blocks (prune only); ``coupled``: as prune's; ``of``: what a fractional target is a fraction of
+    (``input``: this pass's input model; ``original``: the model given to ``compress``)."""
 
     name = "budget"
     lossless = False
@@ -66,6 +68,7 @@ class BudgetConfig(PassConfig):
     runtime: str = "eager"
     blocks: bool = False
     coupled: bool = True  # prune only; False leaves channels shared across adds (a ResNet's stream) intact
+    of: Literal["input", "original"] = "input"
 
     def __post_init__(self):
         given = [t for t in (self.target_macs, self.target_bytes, self.target_latency_ms) if t is not None]
@@ -80,6 +83,8 @@ class BudgetConfig(PassConfig):
         if self.blocks and self.method != "prune":
             raise ValueError("budget: blocks=true needs method=prune")
         get_runtime(self.runtime)  # an unknown name raises, listing the registered runtimes
+        if self.of not in ("input", "original"):
+            raise ValueError(f"budget: of must be input or original, got {self.of!r}")
 
 
 def _latency_ms(model, example, runtime="eager"):
@@ -112,17 +117,22 @@ class _Latency:
 
 
 class _Metric:
-    def __init__(self, config, model, example_inputs):
+    def __init__(self, config, model, example_inputs, original=None):
         self.x = Example.of(example_inputs)
+        ref = model
+        if config.of == "original" and config.target_latency_ms is None:
+            if original is None:
+                raise ValueError("budget(of=original) needs the original model: run it through slimkit.compress")
+            ref = original
         if config.target_latency_ms is not None:
             self.kind, self.target = "latency_ms", config.target_latency_ms
             self.fn = _Latency(model, self.x, config.runtime)
         elif config.target_bytes is not None:
             self.kind, self.fn = "bytes", weight_bytes
-            self.target = config.target_bytes * (weight_bytes(model) if config.target_bytes <= 1 else 1)
+            self.target = config.target_bytes * (weight_bytes(ref) if config.target_bytes <= 1 else 1)
         else:
             self.kind, self.fn = "macs", lambda m: count_macs(m, self.x)
-            self.target = config.target_macs * (count_macs(model, self.x) if config.target_macs <= 1 else 1)
+            self.target = config.target_macs * (count_macs(ref, self.x) if config.target_macs <= 1 else 1)
         # the sweep ranks savings in the target unit; latency uses MACs as its proxy
         self.proxy = weight_bytes if self.kind == "bytes" else (lambda m: count_macs(m, self.x))
 
@@ -244,7 +254,7 @@ def budget(model, example_inputs, config=BudgetConfig(target_macs=0.5), context=
     context = context or CompressContext()
     x = Example.of(example_inputs)
     model = copy.deepcopy(model).eval()
-    metric = _Metric(config, model, x)
+    metric = _Metric(config, model, x, context.teacher)
     sens = _Sensitivity(model, calibration_examples(x, context, config.calib_batches), context.output)
     run = _budget_prune if config.method == "prune" else _budget_lowrank
     out, levels, value, met = run(model, x, config, context, metric, sens)

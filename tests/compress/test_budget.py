@@ -138,6 +138,33 @@ def test_budget_uncoupled_leaves_the_residual_stream_alone():
     assert out.block1.conv1.out_channels + out.block2.conv1.out_channels + out.side.out_channels < 8 + 16 + 6
 
 
+def test_budget_fraction_of_the_original_model():
+    model, x = _model(7), torch.randn(8, 3, 8, 8)
+    smaller = budget(model, x, BudgetConfig(target_macs=0.8, steps=4), CompressContext(progress=False))
+    ctx = CompressContext(teacher=model, progress=False)  # compress() passes the model it was given as teacher
+    out = budget(smaller, x, BudgetConfig(target_macs=0.6, of="original", steps=4), ctx)
+    assert ctx.extras["budget"]["target"] == pytest.approx(0.6 * count_macs(model, x))
+    assert ctx.extras["budget"]["met"] and count_macs(out, x) <= 0.6 * count_macs(model, x)
+    ctx = CompressContext(teacher=model, progress=False)
+    budget(smaller, x, BudgetConfig(target_macs=0.6, steps=4), ctx)  # default: a fraction of the pass's input
+    assert ctx.extras["budget"]["target"] == pytest.approx(0.6 * count_macs(smaller, x))
+    with pytest.raises(ValueError, match="needs the original model"):
+        budget(smaller, x, BudgetConfig(target_macs=0.6, of="original"), CompressContext(progress=False))
+
+
+def test_budget_after_drop_aims_at_the_original_through_compress():
+    from slimkit.compress import compress
+    from slimkit.compress.check import CheckConfig
+
+    model, x = _model(8), torch.randn(8, 3, 8, 8)
+    unchecked = CheckConfig(max_rel_error={"*": float("inf")}, min_agreement={"*": 0.0})  # shapes only here
+    res = compress(model, x, "drop(blocks=1),budget(target_macs=0.5,of=original,coupled=false,steps=4)",
+                   data=(x, torch.zeros(8, dtype=torch.long)), progress=False, latency_batches=(), check=unchecked)
+    target = res.report.passes[1].target
+    assert len(res.model.dropped_blocks) == 1 and target["target"] == pytest.approx(0.5 * count_macs(model, x))
+    assert target["met"] and count_macs(res.model, x) <= 0.5 * count_macs(model, x)
+
+
 def test_budget_config_errors():
     with pytest.raises(ValueError, match="exactly one"):
         BudgetConfig()
@@ -147,4 +174,6 @@ def test_budget_config_errors():
         BudgetConfig(target_macs=0.5, method="quantize")
     with pytest.raises(ValueError, match="blocks=true needs method=prune"):
         BudgetConfig(target_macs=0.5, method="lowrank", blocks=True)
+    with pytest.raises(ValueError, match="of must be input or original"):
+        BudgetConfig(target_macs=0.5, of="teacher")
     assert get_pass("budget")[0] is BudgetConfig
