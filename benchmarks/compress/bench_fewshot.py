@@ -155,6 +155,12 @@ ROWS = {
                           "drop(blocks=2), then per-layer widths by measured sensitivity to half the checkpoint's MACs"),
     "best2_budget_macs_8k": (BUDGET_MACS.replace("steps=4000", "steps=8000"), 10,
                              "best2_budget_macs with 8000 function-matching steps"),
+    "best2_drop_budget_s1": (DROP_BUDGET, 10, "best2_drop_budget, image draw seed 1", 1),
+    "best2_drop_budget_s2": (DROP_BUDGET, 10, "best2_drop_budget, image draw seed 2", 2),
+    # the accuracy-vs-K curve of the best recipe (budget_macs): K = 5, 1 and data-free (synthetic images only)
+    "best2_budget_macs_k5": (BUDGET_MACS, 5, "accuracy vs K, best recipe"),
+    "best2_budget_macs_k1": (BUDGET_MACS, 1, "accuracy vs K, best recipe"),
+    "best2_budget_macs_datafree": (f"{SYNTH},{BUDGET_MACS}", 0, "best recipe, synthetic images only"),
     "patient": ("prune(macs=0.5,coupled=false),distill(steps=5000,features=0),fold", 10,
                 "longer function matching (5000 steps): does patience pay?"),
     "abl_nostage2": ("prune(macs=0.5,coupled=false),distill(steps=0,features=0),fold", 10, "ablation: layer-wise stage only"),
@@ -476,6 +482,10 @@ def main(argv=None):
     ap.add_argument("--latency-rows", default="main,plain,abl_drop,tp,pq")
     ap.add_argument("--repeats", type=int, default=30)
     args = ap.parse_args(argv)
+    special = {"tp", "tp_feat", "tp_best2", "r56_timing", "lowrank"}
+    unknown = [n for n in filter(None, args.rows.split(",")) if n not in ROWS and n not in special]
+    if args.step == "run" and unknown:
+        ap.error(f"unknown row(s) {', '.join(unknown)}; see ROWS in {os.path.basename(__file__)}")
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     return {"run": cmd_run, "latency": cmd_latency, "report": cmd_report}[args.step](args)
 
