@@ -159,6 +159,8 @@ ROWS = {
     "best2_drop_budget_s2": (DROP_BUDGET, 10, "best2_drop_budget, image draw seed 2", 2),
     # run with --threads 2 on an otherwise idle machine: the compression's wall time against the 10-min target
     "best2_budget_macs_2t": (BUDGET_MACS, 10, "best2_budget_macs run alone with 2 threads: wall time of the recipe"),
+    "best2_budget_macs_lr02": (BUDGET_MACS.replace("steps=4000", "steps=4000,lr=0.02"), 10,
+                               "best2_budget_macs with peak lr 0.02 (default 0.01)"),
     # the accuracy-vs-K curve of the best recipe (budget_macs): K = 5, 1 and data-free (synthetic images only)
     "best2_budget_macs_k5": (BUDGET_MACS, 5, "accuracy vs K, best recipe"),
     "best2_budget_macs_k1": (BUDGET_MACS, 1, "accuracy vs K, best recipe"),

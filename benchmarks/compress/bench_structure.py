@@ -57,11 +57,14 @@ def report(results, path):
                      + " | ".join(_speed(lat, kind, n, b) for kind in ("eager", "ort") for b in (1, 64)) + " |")
     picked = [(n, i) for n, i in results["structures"].items() if i.get("budget")]
     if picked:
-        lines += ["", "What the budget rows picked (the target and the latency the driver measured while searching, ORT "
-                  "batch 1, 30 repeats each; the table's numbers are the interleaved re-measurement):", ""]
+        lines += ["", "What the budget rows picked (the target and what the driver measured while searching: for a "
+                  "latency target ORT batch 1, 30 repeats each; the table's numbers are the interleaved "
+                  "re-measurement):", ""]
     for n, i in picked:
         b = i["budget"]
-        lines.append(f"- {n}: target {b['target']:.3f} ms, reached {b['achieved']:.3f} ms "
+        ms = b.get("metric", "latency_ms") == "latency_ms"
+        unit, f = (" ms", ".3f") if ms else (" " + {"macs": "MACs"}.get(b["metric"], b["metric"]), ",.0f")
+        lines.append(f"- {n}: target {b['target']:{f}}{unit}, reached {b['achieved']:{f}}{unit} "
                      f"({'met' if b['met'] else 'MISSED'}); dropped blocks: {', '.join(b['dropped']) or 'none'}; "
                      f"conv widths {i['widths']}")
     text = "\n".join(lines) + "\n"
