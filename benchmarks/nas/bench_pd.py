@@ -130,7 +130,7 @@ def run(args):
     calib = tx[torch.randperm(len(ty), generator=g)[:256]]
     base = warm_supernet(args, space, tx, ty)
     archs = sequence(space, args.archs, args.seed)
-    path = os.path.join(args.out, "pd.json")
+    path = os.path.join(args.out, "pd.json" if args.seed == 0 else f"pd_s{args.seed}.json")  # report reads pd*.json
     results = {"settings": vars(args), "archs": [a.encode() for a in archs], "arms": {}}
     if os.path.exists(path):
         with open(path) as f:
