@@ -50,7 +50,8 @@ def parse(argv=None):
     p.add_argument("--train-images", type=int, default=5000)
     p.add_argument("--eval-images", type=int, default=500)
     p.add_argument("--arms", default="all:0.01,all:0.001,ops:0.01",
-                   help="DI arms SCOPE:ALPHA,... (scope ops = searched operations only, all = every layer)")
+                   help="DI arms SCOPE:ALPHA[:pre|post],... (scope ops = searched operations only, all = every layer; "
+                        "pre = record the training forwards' inputs instead of a forward after training)")
     p.add_argument("--max-arms", type=int, default=99, help="arms to run in this invocation (the rest resume later)")
     p.add_argument("--decay", type=float, default=0.05)
     p.add_argument("--samples", type=int, default=256, help="DI input vectors per layer per architecture")
@@ -58,6 +59,7 @@ def parse(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--timing-steps", type=int, default=30)
     p.add_argument("--timing-scope", default="all", help="DI scope timed (the arm that met the PD target)")
+    p.add_argument("--timing-record", default="post", choices=("post", "pre"), help="DI's record mode timed")
     return p.parse_args(argv)
 
 
@@ -76,7 +78,7 @@ def sequence(space, k, seed):
 
 
 def warm_supernet(args, space, tx, ty):
-    path = os.path.join(args.out, "warmup.pt")
+    path = os.path.join(args.out, "warmup.pt" if args.seed == 0 else f"warmup_s{args.seed}.pt")  # one per seed
     torch.manual_seed(args.seed)
     supernet = space.supernet(10)
     cfg = SupernetConfig(steps=args.warmup_steps, batch_size=args.batch_size, lr=0.05, seed=args.seed,
@@ -107,9 +109,10 @@ def run_arm(args, base, archs, tx, ty, evaluate_fn, di_cfg):
             F.cross_entropy(supernet(x), y).backward()
             di.step()
         if di.enabled:
-            with torch.no_grad(), di.recording_inputs():  # the architecture as trained
-                for x, _ in batches(tx, ty, 32, 4, 7 + k):
-                    supernet(x)
+            if di.config.record == "post":  # "pre" recorded the training forwards' inputs already
+                with torch.no_grad(), di.recording_inputs():  # the architecture as trained
+                    for x, _ in batches(tx, ty, 32, 4, 7 + k):
+                        supernet(x)
             di.end_architecture()
         after.append(evaluate(arch))
         later.append([evaluate(a) for a in archs[:k]])
@@ -139,9 +142,11 @@ def run(args):
             results["arms"] = old["arms"]
     arms = [("plain WS", DIConfig(enabled=False))]
     for item in args.arms.split(","):
-        scope, alpha = item.split(":")
-        arms.append((f"DI-WS {scope} alpha={alpha}", DIConfig(alpha=float(alpha), decay=args.decay, scope=scope,
-                                                              samples=args.samples, seed=args.seed)))
+        scope, alpha, *record = item.split(":")  # SCOPE:ALPHA[:pre|post]
+        record = record[0] if record else "post"
+        name = f"DI-WS {scope} alpha={alpha}" + (" record=pre" if record == "pre" else "")
+        arms.append((name, DIConfig(alpha=float(alpha), decay=args.decay, scope=scope, samples=args.samples,
+                                    seed=args.seed, record=record)))
     done = 0
     for name, cfg in arms:
         if name in results["arms"] or done >= args.max_arms:
@@ -176,7 +181,8 @@ def timing(args):
         nets = {"plain": copy.deepcopy(base), "di": copy.deepcopy(base)}
         opts = {k: torch.optim.SGD(n.parameters(), lr=0.02, momentum=0.9) for k, n in nets.items()}
         dis = {k: DisturbanceImmune(opts[k], nets[k], DIConfig(
-            enabled=k == "di", scope=args.timing_scope, samples=args.samples if regime == "pd-protocol" else 64))
+            enabled=k == "di", scope=args.timing_scope, samples=args.samples if regime == "pd-protocol" else 64,
+            record=args.timing_record))
             for k in nets}
         times = {k: [] for k in nets}
         rng = random.Random(0)
@@ -190,8 +196,9 @@ def timing(args):
                 F.cross_entropy(net(x), y).backward()
                 di.step()
                 if di.enabled and (regime == "spos" or step % 10 == 9):
-                    with torch.no_grad(), di.recording_inputs():
-                        net(x[:8])
+                    if args.timing_record == "post":  # "pre" recorded the training forward's inputs already
+                        with torch.no_grad(), di.recording_inputs():
+                            net(x[:8])
                     di.end_architecture()
                 if step >= 3:  # warm-up
                     times[k].append(1e3 * (time.perf_counter() - t0))
@@ -204,7 +211,8 @@ def timing(args):
     out = {"rows": rows, "cpu": cpu_name(), "torch": torch.__version__, "threads": args.threads,
            "loadavg": os.getloadavg(), "settings": vars(args)}
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, f"timing_{args.timing_scope}.json"), "w") as f:
+    suffix = "" if args.timing_record == "post" else "_" + args.timing_record
+    with open(os.path.join(args.out, f"timing_{args.timing_scope}{suffix}.json"), "w") as f:
         json.dump(out, f, indent=1)
 
 
@@ -254,16 +262,19 @@ def report(args):
         with open(path) as f:
             t = json.load(f)
         for regime, r in t["rows"].items():
-            timing.append({"scope": t["settings"]["timing_scope"], "regime": regime, **r, "cpu": t["cpu"],
+            timing.append({"scope": t["settings"]["timing_scope"], "record": t["settings"].get("timing_record", "post"),
+                           "regime": regime, **r, "cpu": t["cpu"],
                            "torch": t["torch"], "load1": t["loadavg"][0]})
     if timing:
         text += ["### Step time, plain vs DI (median of interleaved steps, 1 thread, batch 64)", "",
                  "pd-protocol: projectors folded once per 10 steps (the PD run folds once per 100-step architecture, so "
                  "this overstates its cost); "
                  "spos: a new architecture and a fold + recording forward after every step (single-path supernet "
-                 "training). 30 steps per arm; the IQRs show how noisy the shared 2-core machine was. "
-                 "`python benchmarks/nas/bench_pd.py timing --timing-scope SCOPE`.", "",
-                 to_markdown(timing, ["scope", "regime", ("plain_ms", "plain ms"), ("di_ms", "DI ms"),
+                 "training; record=pre: no recording forward, the training forward's inputs are folded). "
+                 "The IQRs show how noisy the machine was. "
+                 "`python benchmarks/nas/bench_pd.py timing --timing-scope SCOPE --timing-record post|pre "
+                 "--timing-steps N`.", "",
+                 to_markdown(timing, ["scope", "record", "regime", ("plain_ms", "plain ms"), ("di_ms", "DI ms"),
                                       ("overhead_pct", "overhead %"), ("plain_iqr_ms", "plain IQR ms"),
                                       ("di_iqr_ms", "DI IQR ms"), "steps", "cpu", "torch", "load1"]), ""]
     with open(os.path.join(args.out, "pd.md"), "w") as f:
