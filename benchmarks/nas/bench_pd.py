@@ -77,8 +77,14 @@ def sequence(space, k, seed):
     return out
 
 
+def _per_seed(args, stem, ext):
+    """``stem.ext`` for seed 0 (the files earlier runs wrote), ``stem_s<seed>.ext`` for the others: parallel seeds
+    must not share a file (report reads every pd*.json)."""
+    return os.path.join(args.out, f"{stem}.{ext}" if args.seed == 0 else f"{stem}_s{args.seed}.{ext}")
+
+
 def warm_supernet(args, space, tx, ty):
-    path = os.path.join(args.out, "warmup.pt" if args.seed == 0 else f"warmup_s{args.seed}.pt")  # one per seed
+    path = _per_seed(args, "warmup", "pt")
     torch.manual_seed(args.seed)
     supernet = space.supernet(10)
     cfg = SupernetConfig(steps=args.warmup_steps, batch_size=args.batch_size, lr=0.05, seed=args.seed,
@@ -133,7 +139,7 @@ def run(args):
     calib = tx[torch.randperm(len(ty), generator=g)[:256]]
     base = warm_supernet(args, space, tx, ty)
     archs = sequence(space, args.archs, args.seed)
-    path = os.path.join(args.out, "pd.json" if args.seed == 0 else f"pd_s{args.seed}.json")  # report reads pd*.json
+    path = _per_seed(args, "pd", "json")
     results = {"settings": vars(args), "archs": [a.encode() for a in archs], "arms": {}}
     if os.path.exists(path):
         with open(path) as f:
@@ -262,9 +268,9 @@ def report(args):
         with open(path) as f:
             t = json.load(f)
         for regime, r in t["rows"].items():
-            timing.append({"scope": t["settings"]["timing_scope"], "record": t["settings"].get("timing_record", "post"),
-                           "regime": regime, **r, "cpu": t["cpu"],
-                           "torch": t["torch"], "load1": t["loadavg"][0]})
+            timing.append({"scope": t["settings"]["timing_scope"],
+                           "record": t["settings"].get("timing_record", "post"),  # files before the option: post
+                           "regime": regime, **r, "cpu": t["cpu"], "torch": t["torch"], "load1": t["loadavg"][0]})
     if timing:
         text += ["### Step time, plain vs DI (median of interleaved steps, 1 thread, batch 64)", "",
                  "pd-protocol: projectors folded once per 10 steps (the PD run folds once per 100-step architecture, so "

@@ -23,8 +23,9 @@ measured sensitivity (AIMET-style per-layer sweep, then a min-max-sensitivity al
 
 Targets: a value <= 1 for ``target_macs`` / ``target_bytes`` is a fraction of the pass's input model, or with
 ``of=original`` of the model given to ``compress`` (so ``drop(blocks=2),budget(target_macs=0.5,of=original)``
-means half the original's MACs, whatever the drop removed); larger values are absolute (MACs on the example inputs; weight bytes as ``slimkit.profile.sizes.weight_bytes``
-counts them for the compression report: parameters and buffers, packed storage where a module has it).
+means half the original's MACs, whatever the drop removed); larger values are absolute (MACs on the example
+inputs; weight bytes as ``slimkit.profile.sizes.weight_bytes`` counts them for the compression report: parameters
+and buffers, packed storage where a module has it).
 ``target_latency_ms`` is the absolute median latency at batch 1 on this machine, in ``runtime`` (a
 registered latency runtime, ``slimkit.profile.RUNTIMES``: eager by default).
 """
