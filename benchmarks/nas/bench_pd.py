@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import cifar_subsets  # noqa: E402
 
+from slimkit._io import atomic_write, write_text  # noqa: E402
 from slimkit.nas import DIConfig, DisturbanceImmune, SupernetConfig, SupernetTrainer, get_space  # noqa: E402
 from slimkit.nas.supernet import ArchEvaluator  # noqa: E402
 
@@ -162,9 +163,8 @@ def run(args):
         results["arms"][name] = run_arm(args, base, archs, tx, ty, (calib, vx, vy), cfg)
         results["arms"][name].update(di=vars(cfg), seconds=time.time() - t0, loadavg=os.getloadavg())
         done += 1
-        with open(path + ".tmp", "w") as f:
+        with atomic_write(path) as f:
             json.dump(results, f, indent=1)
-        os.replace(path + ".tmp", path)
     plain = results["arms"].get("plain WS")
     print(f"{'arm':28s} {'PD mean':>8s} {'PD final':>9s} {'own gain':>9s} {'PD reduction':>13s}")
     for name, r in results["arms"].items():
@@ -218,7 +218,7 @@ def timing(args):
            "loadavg": os.getloadavg(), "settings": vars(args)}
     os.makedirs(args.out, exist_ok=True)
     suffix = "" if args.timing_record == "post" else "_" + args.timing_record
-    with open(os.path.join(args.out, f"timing_{args.timing_scope}{suffix}.json"), "w") as f:
+    with atomic_write(os.path.join(args.out, f"timing_{args.timing_scope}{suffix}.json")) as f:
         json.dump(out, f, indent=1)
 
 
@@ -283,8 +283,7 @@ def report(args):
                  to_markdown(timing, ["scope", "record", "regime", ("plain_ms", "plain ms"), ("di_ms", "DI ms"),
                                       ("overhead_pct", "overhead %"), ("plain_iqr_ms", "plain IQR ms"),
                                       ("di_iqr_ms", "DI IQR ms"), "steps", "cpu", "torch", "load1"]), ""]
-    with open(os.path.join(args.out, "pd.md"), "w") as f:
-        f.write("\n".join(text))
+    write_text(os.path.join(args.out, "pd.md"), "\n".join(text))
     print("\n".join(text))
 
 
