@@ -161,6 +161,11 @@ ROWS = {
     "best2_budget_macs_2t": (BUDGET_MACS, 10, "best2_budget_macs run alone with 2 threads: wall time of the recipe"),
     "best2_budget_macs_lr02": (BUDGET_MACS.replace("steps=4000", "steps=4000,lr=0.02"), 10,
                                "best2_budget_macs with peak lr 0.02 (default 0.01)"),
+    # round 8 (2026-12-04): the peak lr trend (0.03 < 0.02 < 0.01) continued down, and bigger batches at equal compute
+    "best2_budget_macs_lr005": (BUDGET_MACS.replace("steps=4000", "steps=4000,lr=0.005"), 10,
+                                "best2_budget_macs with peak lr 0.005 (default 0.01)"),
+    "best2_budget_macs_b128": (BUDGET_MACS.replace("steps=4000", "steps=2000,batch_size=128"), 10,
+                               "best2_budget_macs with batch 128 for 2000 steps (the same images seen)"),
     # the accuracy-vs-K curve of the best recipe (budget_macs): K = 5, 1 and data-free (synthetic images only)
     "best2_budget_macs_k5": (BUDGET_MACS, 5, "accuracy vs K, best recipe"),
     "best2_budget_macs_k1": (BUDGET_MACS, 1, "accuracy vs K, best recipe"),

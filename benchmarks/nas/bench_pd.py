@@ -209,7 +209,12 @@ def timing(args):
                 if step >= 3:  # warm-up
                     times[k].append(1e3 * (time.perf_counter() - t0))
         med = {k: statistics.median(v) for k, v in times.items()}
+        # the steps are paired (same architecture and batch): the median of the per-step ratio is far less noisy
+        # than the ratio of medians, whose spread is mostly the architectures' own
+        paired = statistics.median(d / p for d, p in zip(times["di"], times["plain"]))
         rows[regime] = {"plain_ms": med["plain"], "di_ms": med["di"], "overhead_pct": 100 * (med["di"] / med["plain"] - 1),
+                        "paired_overhead_pct": 100 * (paired - 1),
+                        "total_overhead_pct": 100 * (sum(times["di"]) / sum(times["plain"]) - 1),
                         "plain_iqr_ms": _iqr(times["plain"]), "di_iqr_ms": _iqr(times["di"]), "steps": args.timing_steps}
         print(regime, rows[regime], flush=True)
     from slimkit.profile.analysis import cpu_name
@@ -270,18 +275,21 @@ def report(args):
         for regime, r in t["rows"].items():
             timing.append({"scope": t["settings"]["timing_scope"],
                            "record": t["settings"].get("timing_record", "post"),  # files before the option: post
-                           "regime": regime, **r, "cpu": t["cpu"], "torch": t["torch"], "load1": t["loadavg"][0]})
+                           "regime": regime, "paired_overhead_pct": "-", "total_overhead_pct": "-", **r, "cpu": t["cpu"], "torch": t["torch"], "load1": t["loadavg"][0]})
     if timing:
         text += ["### Step time, plain vs DI (median of interleaved steps, 1 thread, batch 64)", "",
                  "pd-protocol: projectors folded once per 10 steps (the PD run folds once per 100-step architecture, so "
                  "this overstates its cost); "
                  "spos: a new architecture and a fold + recording forward after every step (single-path supernet "
                  "training; record=pre: no recording forward, the training forward's inputs are folded). "
-                 "The IQRs show how noisy the machine was. "
+                 "Overhead three ways: ratio of the two medians, median of the per-step ratio (steps are paired: "
+                 "same architecture and batch), ratio of total time. The IQRs are mostly the architectures' spread. "
                  "`python benchmarks/nas/bench_pd.py timing --timing-scope SCOPE --timing-record post|pre "
                  "--timing-steps N`.", "",
                  to_markdown(timing, ["scope", "record", "regime", ("plain_ms", "plain ms"), ("di_ms", "DI ms"),
-                                      ("overhead_pct", "overhead %"), ("plain_iqr_ms", "plain IQR ms"),
+                                      ("overhead_pct", "overhead % (of medians)"),
+                                      ("paired_overhead_pct", "overhead % (paired median)"),
+                                      ("total_overhead_pct", "overhead % (total time)"), ("plain_iqr_ms", "plain IQR ms"),
                                       ("di_iqr_ms", "DI IQR ms"), "steps", "cpu", "torch", "load1"]), ""]
     write_text(os.path.join(args.out, "pd.md"), "\n".join(text))
     print("\n".join(text))

@@ -164,56 +164,75 @@ class DisturbanceImmune:
         self.stamp[name] = self.architectures
         return q
 
-    def _fold(self, name, x):
-        """P <- P - P X^T (alpha I + X P X^T)^-1 X P, i.e. Q <- Q + P X^T K X P."""
+    def _fold(self, items):
+        """P <- P - P X^T (alpha I + X P X^T)^-1 X P, i.e. Q <- Q + P X^T K X P, for (name, X) items of one
+        shape at once: in single-path training this runs for every layer after every step, and on small
+        layers the per-op overhead, not the algebra, is the cost (zero-padding all to one size was no faster)."""
         dtype = getattr(torch, self.config.dtype)
-        x = x.to(dtype)
-        energy = x.pow(2).sum()
-        if energy <= 0:
+        x = torch.stack([v for _, v in items]).to(dtype)  # [L, m, d]
+        energy = x.pow(2).sum((1, 2))
+        keep = [i for i, e in enumerate(energy.tolist()) if e > 0]
+        if not keep:
             return
-        x = x / energy.sqrt()
-        d = x.shape[1]
-        q = self._q(name)
-        q = torch.zeros(d, d, dtype=dtype) if q is None else q.to(dtype)
+        if len(keep) < len(items):
+            items, x, energy = [items[i] for i in keep], x[keep], energy[keep]
+        x = x / energy.sqrt()[:, None, None]
+        d = x.shape[2]
+        q = torch.stack([self._q(n).to(dtype) if n in self.projectors else torch.zeros(d, d, dtype=dtype)
+                         for n, _ in items])
         xp = x - x @ q  # X P, with P = I - Q symmetric
-        k = xp @ x.T
-        k.diagonal().add_(self.config.alpha)
-        q = q + xp.T @ torch.linalg.solve(k, xp)
-        self.projectors[name] = 0.5 * (q + q.T)
-        self.stamp[name] = self.architectures
+        k = xp @ x.transpose(1, 2)  # X P X^T + alpha I: symmetric positive definite, so Cholesky (half LU's work)
+        k.diagonal(dim1=1, dim2=2).add_(self.config.alpha)
+        chol, info = torch.linalg.cholesky_ex(k)
+        sol = torch.cholesky_solve(xp, chol) if not info.any() else torch.linalg.solve(k, xp)
+        q = q + xp.transpose(1, 2) @ sol
+        q = 0.5 * (q + q.transpose(1, 2))
+        for (name, _), qi in zip(items, q.unbind(0)):
+            self.projectors[name] = qi.clone()  # own storage: a stacked one would live as long as any slice
+            self.stamp[name] = self.architectures
 
     def end_architecture(self):
         """Fold the inputs recorded since the last call into the projectors of the layers used."""
         if self.enabled:
+            by_shape = {}
             for name, rows in self._records.items():
                 x = torch.cat(rows)
                 if x.shape[0] > self.config.samples:
                     x = x[torch.randperm(x.shape[0], generator=self.generator)[:self.config.samples]]
-                self._fold(name, x)
+                by_shape.setdefault(tuple(x.shape), []).append((name, x))
+            for items in by_shape.values():
+                self._fold(items)
         self._records = {}
         self.architectures += 1
 
     # ------------------------------------------------------------------ the update
     def step(self, closure=None):
-        """The wrapped optimizer's step, with each protected layer's weight update multiplied by P."""
+        """The wrapped optimizer's step, with each protected layer's weight update multiplied by P
+        (layers of one shape stacked, as in ``_fold``)."""
         if not self.enabled:
             return self.optimizer.step(closure)
-        todo = []
+        by_shape = {}
         for name, m in self.layers.items():
             w, b = _weights(m)
             if name in self.projectors and w.grad is not None:
-                todo.append((name, w, b, w.detach().clone(), None if b is None else b.detach().clone()))
+                by_shape.setdefault((tuple(w.shape), b is not None), []).append((name, w, b))
+        before = {key: (torch.stack([w.detach() for _, w, _ in items]),
+                        torch.stack([b.detach() for _, _, b in items]) if key[1] else None)
+                  for key, items in by_shape.items()}
         loss = self.optimizer.step(closure)
         with torch.no_grad():
-            for name, w, b, w0, b0 in todo:
-                delta = (w - w0).flatten(1)
-                if b is not None:
-                    delta = torch.cat([delta, (b - b0)[:, None]], dim=1)
-                q = self._q(name)
-                delta = delta - delta @ q.to(delta.dtype)  # dW @ P with P = I - Q
-                w.copy_(w0 + delta[:, :w0[0].numel()].view_as(w0))
-                if b is not None:
-                    b.copy_(b0 + delta[:, -1])
+            for key, items in by_shape.items():
+                w0, b0 = before[key]
+                delta = (torch.stack([w for _, w, _ in items]) - w0).flatten(2)  # [L, out, d]
+                if b0 is not None:
+                    delta = torch.cat([delta, (torch.stack([b for _, _, b in items]) - b0)[:, :, None]], dim=2)
+                q = torch.stack([self._q(name) for name, _, _ in items]).to(delta.dtype)
+                delta = delta - delta @ q  # dW @ P with P = I - Q
+                nw = w0.flatten(2) + delta[:, :, :w0[0, 0].numel()]
+                for i, (_, w, b) in enumerate(items):
+                    w.copy_(nw[i].view_as(w))
+                    if b is not None:
+                        b.copy_(b0[i] + delta[i, :, -1])
         return loss
 
     # ------------------------------------------------------------------ checkpointing

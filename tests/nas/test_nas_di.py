@@ -189,3 +189,33 @@ def test_scope_ops_leaves_the_shared_skeleton_unprojected():
     assert all(".edges." in n for n in di.layers)
     everything = DisturbanceImmune(torch.optim.SGD(supernet.parameters(), lr=0.1), supernet, scope="all")
     assert len(everything.layers) == 3 * 6 * 2 + 1 + 2 * 3 + 1
+
+
+def test_unfold_patches_are_exactly_f_unfold_columns():
+    from slimkit.nas.layers import unfold_patches
+
+    torch.manual_seed(0)
+    # (channels, kernel, stride, padding, dilation, groups, size): padding, strides, dilation, groups, 1x1, non-square
+    for c, k, s, p, d, g, h in [(6, 3, 1, 1, 1, 1, 9), (6, 3, 2, 1, 1, 2, 9), (4, 5, 1, 2, 1, 4, 7),
+                                (4, 3, 1, 2, 2, 1, 8), (3, 1, 1, 0, 1, 1, 5), (4, (3, 1), (2, 1), (1, 0), 1, 1, 6)]:
+        x = torch.randn(3, c, h, h)
+        rows = unfold_patches(x, k, s, p, d, g, n=10**6)  # n above the patch count: every patch, in order
+        ref = F.unfold(x, k, dilation=d, padding=p, stride=s)  # [images, c * kh * kw, positions]
+        ref = ref.view(3, g, ref.shape[1] // g, ref.shape[2]).permute(0, 1, 3, 2).reshape(-1, ref.shape[1] // g)
+        assert torch.equal(rows, ref)
+        sub = unfold_patches(x, k, s, p, d, g, n=5, generator=torch.Generator().manual_seed(1))
+        assert sub.shape == (5, ref.shape[1]) and all((ref == r).all(1).any() for r in sub)
+
+
+def test_sample_indices_is_a_subset_of_distinct_indices():
+    from slimkit.nas.layers import sample_indices
+
+    g = torch.Generator().manual_seed(0)
+    for total, n in [(5, 64), (64, 64), (300, 64), (65536, 64)]:  # all, all, randperm path, draw path
+        idx = sample_indices(total, n, g)
+        assert len(idx) == min(total, n) and len(idx.unique()) == len(idx)
+        assert idx.min() >= 0 and idx.max() < total
+    hits = torch.zeros(1000)  # uniform: every index drawn about 64/1000 of the time over 2000 draws
+    for _ in range(2000):
+        hits[sample_indices(1000, 64, g)] += 1
+    assert hits.sum() == 2000 * 64 and 64 < hits.min() and hits.max() < 200
