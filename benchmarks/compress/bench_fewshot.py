@@ -166,6 +166,9 @@ ROWS = {
                                 "best2_budget_macs with peak lr 0.005 (default 0.01)"),
     "best2_budget_macs_b128": (BUDGET_MACS.replace("steps=4000", "steps=2000,batch_size=128"), 10,
                                "best2_budget_macs with batch 128 for 2000 steps (the same images seen)"),
+    "best2_budget_macs_synth": (f"{SYNTH},{BUDGET_MACS}", 10, "best2_budget_macs + 256 synthetic images beside the real ones"),
+    "best2_budget_macs_f20": (BUDGET_MACS.replace("features=10", "features=20"), 10,
+                              "best2_budget_macs with block-output MSE weight 20 (default 10)"),
     # the accuracy-vs-K curve of the best recipe (budget_macs): K = 5, 1 and data-free (synthetic images only)
     "best2_budget_macs_k5": (BUDGET_MACS, 5, "accuracy vs K, best recipe"),
     "best2_budget_macs_k1": (BUDGET_MACS, 1, "accuracy vs K, best recipe"),
@@ -175,6 +178,14 @@ ROWS = {
     "abl_nostage2": ("prune(macs=0.5,coupled=false),distill(steps=0,features=0),fold", 10, "ablation: layer-wise stage only"),
     "pq": ("pq(sub_dim=2,k=8,ec_iters=4)", 10, "pq with codeword fine-tune"),
     "pq_feat10": ("pq(sub_dim=2,k=8,ec_iters=4,features=10)", 10, "pq, codeword fine-tune with block-output MSE weight 10"),
+    # round 8: codewords per layer by measured sensitivity under a 15x budget (k=8 everywhere is 17.5x)
+    "pq_feat10_r8": ("pq(sub_dim=2,k=8,ec_iters=4,features=10)", 10,
+                     "pq_feat10 re-run with k-means seeded per layer (the baseline for pq_alloc15)"),
+    "pq_alloc15": ("pq(sub_dim=2,k=8,ec_iters=4,features=10,target_ratio=15)", 10,
+                   "pq_feat10 with 8/16/32 codewords per layer by measured sensitivity, conv+linear >= 15x smaller"),
+    "pq_noft_r8": ("pq(sub_dim=2,k=8,ec_iters=4,steps=0)", 10, "pq_noft re-run with k-means seeded per layer"),
+    "pq_alloc15_noft": ("pq(sub_dim=2,k=8,ec_iters=4,steps=0,target_ratio=15)", 10,
+                        "pq_alloc15 without the codeword fine-tune"),
     "pq_noft": ("pq(sub_dim=2,k=8,ec_iters=4,steps=0)", 10, "pq, error correction only"),
     "int8": ("int8", 10, "ONNX Runtime static int8"),
 }

@@ -50,6 +50,11 @@ class PQConfig(PassConfig):
     steps: int = 1000  # codeword fine-tune by function matching (needs data; 0 = none)
     features: float = 0.0  # weight of the block-output MSE in that fine-tune (see distill)
     lr: float = 1e-4  # Adam: a codeword's gradient sums over every weight that uses it, so SGD steps blew up
+    # > 0: give each layer k, 2k, ... up to k_max codewords (0: 4k, at most 256), chosen by measured sensitivity
+    # (the KL to the original's outputs with that layer alone quantized) under conv+linear weights this many
+    # times smaller than fp32; 0: k in every layer
+    target_ratio: float = 0.0
+    k_max: int = 0
     seed: int = 0
 
     def __post_init__(self):
@@ -59,6 +64,13 @@ class PQConfig(PassConfig):
             raise ValueError(f"k must be in [2, 256], got {self.k}")
         if self.sub_dim < 1:
             raise ValueError(f"sub_dim must be >= 1, got {self.sub_dim}")
+        if self.target_ratio < 0 or not (self.k_max == 0 or self.k <= self.k_max <= 256):
+            raise ValueError(f"pq: target_ratio must be >= 0 and k_max 0 or in [k, 256], got {self.target_ratio}, "
+                             f"{self.k_max}")
+
+    def k_options(self):
+        top = self.k_max or min(4 * self.k, 256)
+        return [self.k * 2 ** i for i in range(9) if self.k * 2 ** i <= top]
 
 
 def pack_indices(indices, bits):
@@ -292,38 +304,101 @@ def pq(model, example_inputs, config, context=None):
         batches = [x for x, _ in as_batches(context.data)]
     if not batches:  # no data: error correction falls back to the example inputs
         batches = [example_inputs if torch.is_tensor(example_inputs) else example_inputs[0]]
-    names = _execution_order(student, example_inputs)
-    report = {}
-    for name in tqdm(names, desc="pq", disable=not (context is None or context.progress), leave=False):
-        layer = student.get_submodule(name)
-        if isinstance(layer, torch.nn.Conv2d) and layer.groups != 1:
-            report[name] = "skipped: grouped conv"
-            continue
-        w = layer.weight.detach().float()
-        cs = w.shape[1]
-        d = _sub_dim_for(cs, config.sub_dim)
-        wf = w.reshape(w.shape[0], cs, -1)
-        books, idx = kmeans_pq(wf, d, config.k, config.kmeans_iters, gen)
-        errs = None
-        if config.ec_iters > 0:
-            x_s, _ = _layer_io(student, name, batches, False)  # input from the quantized prefix
-            _, y_t = _layer_io(teacher, name, batches, True)  # the original response
-            G, A, t2 = _layer_stats(layer, x_s, y_t)
-            books, idx, e0, e1 = error_correct(books, idx, G, A, t2, config.ec_iters)
-            errs = (e0, e1)
-        if isinstance(layer, torch.nn.Conv2d):
-            new = PQConv2d(layer, books, idx, config.codebook_dtype)
-        else:
-            new = PQLinear(books, idx, layer.bias, config.codebook_dtype, lut=config.lut)
-        new.response_error = errs  # (k-means, after error correction), relative to ||T||^2
-        parent, _, attr = name.rpartition(".")
-        setattr(student.get_submodule(parent) if parent else student, attr, new)
-        report[name] = errs
+    order = _execution_order(student, example_inputs)
+    names = [n for n in order if not (isinstance(student.get_submodule(n), torch.nn.Conv2d)
+                                      and student.get_submodule(n).groups != 1)]
+    report = {n: "skipped: grouped conv" for n in order if n not in names}
+    ks = (_allocate(copy.deepcopy(teacher), names, batches, config) if config.target_ratio > 0
+          else {n: config.k for n in names})
+    for i, name in enumerate(tqdm(names, desc="pq", disable=not (context is None or context.progress), leave=False)):
+        x_s = _layer_io(student, name, batches, False)[0] if config.ec_iters > 0 else None  # the quantized prefix's
+        y_t = _layer_io(teacher, name, batches, True)[1] if config.ec_iters > 0 else None  # the original response
+        new = _quantize_layer(student.get_submodule(name), ks[name], x_s, y_t, config, _layer_gen(config, i))
+        _set_module(student, name, new)
+        report[name] = new.response_error
+    student.pq_k = ks
     if config.steps > 0 and context is not None and context.data is not None:
         _finetune_codewords(student, context.extras.get("reference") or context.teacher or teacher, context, config,
                             torch.cat(batches), gen)
     student.pq_report = report
     return student
+
+
+def _quantize_layer(layer, k, x, y, config, gen):
+    """A PQ replacement of ``layer`` with ``k`` codewords: k-means, then error correction on its inputs ``x``
+    and target outputs ``y`` (none: k-means only)."""
+    w = layer.weight.detach().float()
+    cs = w.shape[1]
+    books, idx = kmeans_pq(w.reshape(w.shape[0], cs, -1), _sub_dim_for(cs, config.sub_dim), k, config.kmeans_iters, gen)
+    errs = None
+    if config.ec_iters > 0 and x is not None:
+        G, A, t2 = _layer_stats(layer, x, y)
+        books, idx, e0, e1 = error_correct(books, idx, G, A, t2, config.ec_iters)
+        errs = (e0, e1)
+    if isinstance(layer, torch.nn.Conv2d):
+        new = PQConv2d(layer, books, idx, config.codebook_dtype)
+    else:
+        new = PQLinear(books, idx, layer.bias, config.codebook_dtype, lut=config.lut)
+    new.response_error = errs  # (k-means, after error correction), relative to ||T||^2
+    return new
+
+
+def _layer_gen(config, i):
+    """k-means seeds per layer: one layer's codeword count does not change another's initialisation."""
+    return torch.Generator().manual_seed(config.seed * 1_000_003 + i)
+
+
+def _set_module(model, name, module):
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+def _allocate(model, names, batches, config, images=256):
+    """(``model``: a copy of the original; its layers are swapped in turn.) Codewords per layer for ``config.target_ratio``: each layer is quantized alone (from the original's inputs)
+    at every k option and the KL of the network's outputs to the original's is measured on the data; then, from k
+    everywhere, the upgrade with the most KL removed per extra byte is taken while the storage stays within the
+    budget (a greedy knapsack; per-layer sensitivities are assumed to add, as in HAWQ-style bit allocation)."""
+    from slimkit.compress.matching import kd_loss
+
+    X = torch.cat(batches)[:images]
+    options = config.k_options()
+    with torch.no_grad():
+        ref = model(X)
+    kl, size, fp32 = {}, {}, 0
+    for i, name in enumerate(names):
+        layer = model.get_submodule(name)
+        fp32 += sum(p.numel() * 4 for p in (layer.weight, layer.bias) if p is not None)
+        x, y = _layer_io(model, name, batches, True) if config.ec_iters > 0 else (None, None)
+        for k in options:
+            new = _quantize_layer(layer, k, x, y, config, _layer_gen(config, i))
+            _set_module(model, name, new)
+            try:
+                with torch.no_grad():
+                    kl[name, k] = float(kd_loss(model(X), ref, 1.0))
+            finally:
+                _set_module(model, name, layer)
+            size[name, k] = new.storage_bytes()
+    budget = fp32 / config.target_ratio
+    choice = {n: options[0] for n in names}
+    total = sum(size[n, options[0]] for n in names)
+    if total > budget:
+        import warnings
+
+        warnings.warn(f"pq: target_ratio {config.target_ratio:g} is out of reach even at k={options[0]} in every "
+                      f"layer ({fp32 / total:.1f}x); using k={options[0]} everywhere", UserWarning, stacklevel=3)
+    while True:
+        best = None
+        for n in names:
+            i = options.index(choice[n])
+            if i + 1 == len(options):
+                continue
+            extra, gain = size[n, options[i + 1]] - size[n, choice[n]], kl[n, choice[n]] - kl[n, options[i + 1]]
+            if gain > 0 and total + extra <= budget and (best is None or gain / extra > best[0]):
+                best = (gain / extra, n, extra)
+        if best is None:
+            return choice
+        choice[best[1]] = options[options.index(choice[best[1]]) + 1]
+        total += best[2]
 
 
 def _finetune_codewords(student, teacher, context, config, X, gen):

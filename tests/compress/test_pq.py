@@ -138,3 +138,37 @@ def test_codeword_finetune_moves_towards_the_teacher_with_assignments_fixed():
             assert torch.equal(a.indices, b.indices) and a.storage_bytes() == b.storage_bytes()
     with torch.no_grad():
         assert float(kd_loss(tuned(x), model(x), 1.0)) < 0.8 * float(kd_loss(base(x), model(x), 1.0))
+
+
+def _pq_sizes(model, out):
+    dense = sum(sum(p.numel() * 4 for p in (m.weight, m.bias) if p is not None)
+                for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    return dense, sum(m.storage_bytes() for m in out.modules() if isinstance(m, (PQConv2d, PQLinear)))
+
+
+def test_target_ratio_allocates_codewords_within_the_budget():
+    model, data = tiny_model(), tiny_data()
+    x = torch.cat([b[0] for b in data])
+    ctx = CompressContext(data=data, progress=False)
+    base = dict(k=4, sub_dim=2, ec_iters=1, steps=0)
+    uniform = pq(model, x[:1], PQConfig(**base), ctx)
+    assert set(uniform.pq_k.values()) == {4}  # no target: k everywhere
+    dense, small = _pq_sizes(model, uniform)
+    target = 0.8 * dense / small  # room for some layers at 8 or 16 codewords, not all
+    mixed = pq(model, x[:1], PQConfig(**base, target_ratio=target, k_max=16), ctx)
+    _, size = _pq_sizes(model, mixed)
+    assert dense / size >= target  # the budget holds
+    assert set(mixed.pq_k.values()) <= {4, 8, 16} and max(mixed.pq_k.values()) > 4  # some layers got more
+    assert all(m.codebooks.shape[1] == mixed.pq_k[n] for n, m in mixed.named_modules() if isinstance(m, (PQConv2d, PQLinear)))
+    ref = model(x)
+    assert snr_db(ref, mixed(x)) > snr_db(ref, uniform(x))  # the extra bytes went where they help
+    with pytest.warns(UserWarning, match="out of reach"):
+        out = pq(model, x[:1], PQConfig(**base, target_ratio=1e6), ctx)
+    assert set(out.pq_k.values()) == {4}
+
+
+def test_k_options():
+    assert PQConfig(k=8).k_options() == [8, 16, 32]
+    assert PQConfig(k=64, k_max=256).k_options() == [64, 128, 256]
+    with pytest.raises(ValueError, match="k_max"):
+        PQConfig(k=16, k_max=8)
