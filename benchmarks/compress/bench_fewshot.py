@@ -45,6 +45,7 @@ BUDGET_MACS = "budget(target_macs=0.5,coupled=false)," + BEST2_RECOVERY
 # round 7: the same after dropping 2 blocks, to half the MACs of the checkpoint (of=original), not of the dropped model
 DROP_BUDGET = "drop(blocks=2),budget(target_macs=0.5,of=original,coupled=false)," + BEST2_RECOVERY
 SYNTH = "synth(n=256,iters=200)"
+BUDGET_F20 = BUDGET_MACS.replace("features=10", "features=20")  # round 8's best: block-output MSE weight 20
 ROWS = {
     # name: (recipe, K, note). The recipe runs through slimkit.compress(); K=0 = data-free.
     "main": (MAIN, 10, "slimkit's default recipe before block-output features (distill features=0)"),
@@ -166,8 +167,14 @@ ROWS = {
                                 "best2_budget_macs with peak lr 0.005 (default 0.01)"),
     "best2_budget_macs_b128": (BUDGET_MACS.replace("steps=4000", "steps=2000,batch_size=128"), 10,
                                "best2_budget_macs with batch 128 for 2000 steps (the same images seen)"),
+    "best2_budget_macs_f20_s1": (BUDGET_F20, 10, "best2_budget_macs_f20, image draw seed 1", 1),
+    "best2_budget_macs_f20_s2": (BUDGET_F20, 10, "best2_budget_macs_f20, image draw seed 2", 2),
+    "best2_budget_macs_f20_mse": (BUDGET_F20.replace("steps=4000", "steps=4000,loss=mse"), 10,
+                                  "best2_budget_macs_f20 with the logits' MSE instead of the KL (Kim et al. 2021)"),
+    "best2_budget_macs_f20_adam": (BUDGET_F20.replace("steps=4000", "steps=4000,optimizer=adam,lr=0.001"), 10,
+                                   "best2_budget_macs_f20 with Adam at peak lr 0.001 instead of SGD at 0.01"),
     "best2_budget_macs_synth": (f"{SYNTH},{BUDGET_MACS}", 10, "best2_budget_macs + 256 synthetic images beside the real ones"),
-    "best2_budget_macs_f20": (BUDGET_MACS.replace("features=10", "features=20"), 10,
+    "best2_budget_macs_f20": (BUDGET_F20, 10,
                               "best2_budget_macs with block-output MSE weight 20 (default 10)"),
     # the accuracy-vs-K curve of the best recipe (budget_macs): K = 5, 1 and data-free (synthetic images only)
     "best2_budget_macs_k5": (BUDGET_MACS, 5, "accuracy vs K, best recipe"),
@@ -186,6 +193,18 @@ ROWS = {
     "pq_noft_r8": ("pq(sub_dim=2,k=8,ec_iters=4,steps=0)", 10, "pq_noft re-run with k-means seeded per layer"),
     "pq_alloc15_noft": ("pq(sub_dim=2,k=8,ec_iters=4,steps=0,target_ratio=15)", 10,
                         "pq_alloc15 without the codeword fine-tune"),
+    "pq_alloc15_k4_noft": ("pq(sub_dim=2,k=4,ec_iters=4,steps=0,target_ratio=15,k_max=32)", 10,
+                           "pq_alloc15_noft starting from 4 codewords (4 to 32 per layer)"),
+    "pq_alloc15_k2_noft": ("pq(sub_dim=2,k=2,ec_iters=4,steps=0,target_ratio=15,k_max=32)", 10,
+                           "pq_alloc15_noft starting from 2 codewords (2 to 32 per layer)"),
+    "pq_alloc15_k4m64_noft": ("pq(sub_dim=2,k=4,ec_iters=4,steps=0,target_ratio=15,k_max=64)", 10,
+                              "pq_alloc15_noft with 4 to 64 codewords per layer"),
+    "pq_alloc15_k4": ("pq(sub_dim=2,k=4,ec_iters=4,features=10,target_ratio=15,k_max=32)", 10,
+                      "pq_alloc15 starting from 4 codewords (4 to 32 per layer), with the codeword fine-tune"),
+    "pq_alloc15_k4_s1": ("pq(sub_dim=2,k=4,ec_iters=4,features=10,target_ratio=15,k_max=32)", 10,
+                         "pq_alloc15_k4, image draw seed 1", 1),
+    "pq_alloc15_k4_s2": ("pq(sub_dim=2,k=4,ec_iters=4,features=10,target_ratio=15,k_max=32)", 10,
+                         "pq_alloc15_k4, image draw seed 2", 2),
     "pq_noft": ("pq(sub_dim=2,k=8,ec_iters=4,steps=0)", 10, "pq, error correction only"),
     "int8": ("int8", 10, "ONNX Runtime static int8"),
 }

@@ -51,7 +51,9 @@ class DistillConfig(PassConfig):
     k: images per class taken from ``data`` (None: all); mu: cross's correction weight; ridge: Tikhonov weight
     relative to the mean diagonal of each Gram matrix; views: random crops/flips per image for the layer
     solves; bnrecal: re-estimate BatchNorm statistics after the layer stage; steps/lr/batch_size: the
-    function-matching fine-tune (SGD one-cycle, peak lr); temperature: of the KL; features: weight of the
+    function-matching fine-tune (one-cycle schedule, peak lr); optimizer: ``sgd`` (Nesterov momentum) or ``adam``
+    (then use a peak lr near 1e-3); loss: ``kl`` to the teacher's softened outputs at ``temperature``, or ``mse``
+    between the logits; features: weight of the
     feature MSE (each term relative to the teacher's feature energy) at ``feature_at``: every block's output
     (``blocks``, the teacher's blocks found by name in the student) or the classifier's input (``penultimate``);
     crop: the function-matching views' crop (``shift``: padded shift, ``resized``: random-resized crop);
@@ -80,6 +82,8 @@ class DistillConfig(PassConfig):
     lr: float = 0.01
     batch_size: int = 64
     temperature: float = 1.0
+    loss: Literal["kl", "mse"] = "kl"
+    optimizer: Literal["sgd", "adam"] = "sgd"
     # block-output MSE on by default: +2.7 pt on the few-shot ResNet-20 benchmark (weight 10 of {1, 3, 10, 30},
     # picked on the validation split); a model without residual-style blocks gets no term
     features: float = 10.0
@@ -527,7 +531,8 @@ def distill(model, example_inputs, config, context=None):
     if config.bnrecal:
         report["bnrecal"] = guarded_recalibrate(student, reference, X, flip, config.seed)
     settings = MatchSettings(steps=config.steps, batch_size=config.batch_size, lr=config.lr,
-                             temperature=config.temperature, features=config.features,
+                             temperature=config.temperature, loss=config.loss, optimizer=config.optimizer,
+                             features=config.features,
                              feature_at=config.feature_at, crop=config.crop, flip=flip, mix=config.mix,
                              ema=config.ema)
     function_matching(student, reference, X, settings, torch.Generator().manual_seed(config.seed),
