@@ -46,6 +46,7 @@ BUDGET_MACS = "budget(target_macs=0.5,coupled=false)," + BEST2_RECOVERY
 DROP_BUDGET = "drop(blocks=2),budget(target_macs=0.5,of=original,coupled=false)," + BEST2_RECOVERY
 SYNTH = "synth(n=256,iters=200)"
 BUDGET_F20 = BUDGET_MACS.replace("features=10", "features=20")  # round 8's best: block-output MSE weight 20
+BUDGET_F40 = BUDGET_MACS.replace("features=10", "features=40")
 ROWS = {
     # name: (recipe, K, note). The recipe runs through slimkit.compress(); K=0 = data-free.
     "main": (MAIN, 10, "slimkit's default recipe before block-output features (distill features=0)"),
@@ -173,6 +174,12 @@ ROWS = {
                                   "best2_budget_macs_f20 with the logits' MSE instead of the KL (Kim et al. 2021)"),
     "best2_budget_macs_f20_adam": (BUDGET_F20.replace("steps=4000", "steps=4000,optimizer=adam,lr=0.001"), 10,
                                    "best2_budget_macs_f20 with Adam at peak lr 0.001 instead of SGD at 0.01"),
+    # round 9 (2026-12-05): the block-output MSE weight trend (10 < 20) continued up
+    "best2_budget_macs_f40": (BUDGET_F40, 10, "best2_budget_macs with block-output MSE weight 40 (default 10)"),
+    "best2_budget_macs_f40_s1": (BUDGET_F40, 10, "best2_budget_macs_f40, image draw seed 1", 1),
+    "best2_budget_macs_f40_s2": (BUDGET_F40, 10, "best2_budget_macs_f40, image draw seed 2", 2),
+    "best2_budget_macs_f80": (BUDGET_MACS.replace("features=10", "features=80"), 10,
+                              "best2_budget_macs with block-output MSE weight 80 (default 10)"),
     "best2_budget_macs_synth": (f"{SYNTH},{BUDGET_MACS}", 10, "best2_budget_macs + 256 synthetic images beside the real ones"),
     "best2_budget_macs_f20": (BUDGET_F20, 10,
                               "best2_budget_macs with block-output MSE weight 20 (default 10)"),

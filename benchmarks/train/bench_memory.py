@@ -4,7 +4,9 @@
 
 Budget = weights + grads + (saved activation bytes before) / ratio. Compared: the plain model, the earlier fixed
 plan (sqrt(n)-block segments picked greedily: layer1 in three 3-block segments + layer2[0:6], 15 of 27 blocks
-recomputed) and the plan of the per-block cost model (``apply_memory_budget``, whole stages allowed as one segment).
+recomputed) and the plan of the per-block cost model (``apply_memory_budget``, whole stages allowed as one segment), and that plan with
+16-bit packing of saved activations allowed (``pack="bf16"``: the planner packs where converting is cheaper than
+recomputing).
 Memory: bytes saved for backward after the forward (the budget's measure) and the allocator's peak during a whole
 training step above the level before it (glibc ``mallinfo2`` read after every ATen op, backward and recompute
 included). Time: ``--repeats`` rounds of ``--pairs`` interleaved steps (order rotated); per round the median step
@@ -109,6 +111,8 @@ def main():
     ap.add_argument("--ratio", type=float, default=3.0, help="target activation-memory reduction")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--pairs", type=int, default=6, help="interleaved steps of each model per repeat")
+    ap.add_argument("--pack", default="bf16", choices=["bf16", "fp16"], help="16-bit type of the packing plan")
+    ap.add_argument("--pack-ratio", type=float, default=1.8, help="a second, smaller reduction for the packing plan")
     ap.add_argument("--out", default="benchmarks/results/train")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -122,8 +126,12 @@ def main():
     small, plan = apply_memory_budget(base, x, budget, return_plan=True)
     plan_s = time.perf_counter() - t0
     stage, stage_plan = apply_memory_budget(base, x, budget, return_plan=True, peak=False)
+    packed, pack_plan = apply_memory_budget(base, x, budget, return_plan=True, pack=args.pack)
+    light = apply_memory_budget(base, x, int(2 * weights + before / args.pack_ratio), pack=args.pack)
     models = {"baseline": base, "memory-bounded (cost model)": small,
-              "cost model, peak=False (whole stages allowed)": stage}
+              "cost model, peak=False (whole stages allowed)": stage,
+              f"cost model + {args.pack} packing (pack={args.pack!r})": packed,
+              f"same, budget activations/{args.pack_ratio:g} (what packing alone reaches)": light}
     if args.model.startswith("resnet") and len(base.layer1) >= 9:
         old = [("layer1", 0, 3), ("layer1", 3, 6), ("layer1", 6, 9), ("layer2", 0, 3), ("layer2", 3, 6)]
         models["earlier plan (sqrt segments)"] = fixed_plan(base, old)
@@ -152,7 +160,9 @@ def main():
             f"per step, predicted peak {plan.predicted_peak_bytes:,} B): " +
             ", ".join(f"{c.path} ({c.action})" for c in plan.wrapped) + ". With peak=False: " +
             ", ".join(f"{c.path}" for c in stage_plan.wrapped) + f" (predicted peak {stage_plan.predicted_peak_bytes:,} B; "
-            f"predicted recompute {stage_plan.recompute_s * 1e3:.0f} ms).", "",
+            f"predicted recompute {stage_plan.recompute_s * 1e3:.0f} ms). With pack={args.pack!r}: " +
+            ", ".join(f"{c.path} ({c.action})" for c in pack_plan.wrapped) +
+            f" (predicted extra {pack_plan.recompute_s * 1e3:.0f} ms per step).", "",
             "| model | saved activation bytes after forward | vs baseline | peak bytes during a step | vs baseline "
             "| step ms (median of rounds) | slower than baseline: median [min, max] of rounds |",
             "|---|---:|---:|---:|---:|---:|---|"]
@@ -161,13 +171,14 @@ def main():
         rows.append(f"| {k} | {saved[k]:,} | {before / saved[k]:.2f}x lower | {peaks[k]:,} | "
                     f"{peaks['baseline'] / peaks[k]:.2f}x lower | {med[k]:.1f} | {100 * (statistics.median(r) - 1):+.1f}% "
                     f"[{100 * (min(r) - 1):+.1f}%, {100 * (max(r) - 1):+.1f}%] |")
-    k = "memory-bounded (cost model)"
-    rows += ["", f"Target: >= 3x lower activation memory at <= 20% slower steps. Cost-model plan: "
-             f"{before / saved[k]:.2f}x lower saved activations ({peaks['baseline'] / peaks[k]:.2f}x lower step peak), "
-             f"steps {100 * (statistics.median(ratio[k]) - 1):+.1f}% (rounds {100 * (min(ratio[k]) - 1):+.1f}% .. "
-             f"{100 * (max(ratio[k]) - 1):+.1f}%).", "",
-             f"Command: `python benchmarks/train/bench_memory.py --model {args.model} --batch {args.batch} "
-             f"--ratio {args.ratio:g} --repeats {args.repeats} --pairs {args.pairs}`"]
+    rows += ["", "Target: >= 3x lower activation memory at <= 20% slower steps."]
+    for k in ("memory-bounded (cost model)", f"cost model + {args.pack} packing (pack={args.pack!r})"):
+        rows.append(f"{k}: {before / saved[k]:.2f}x lower saved activations ({peaks['baseline'] / peaks[k]:.2f}x "
+                    f"lower step peak), steps {100 * (statistics.median(ratio[k]) - 1):+.1f}% (rounds "
+                    f"{100 * (min(ratio[k]) - 1):+.1f}% .. {100 * (max(ratio[k]) - 1):+.1f}%).")
+    rows += ["", f"Command: `python benchmarks/train/bench_memory.py --model {args.model} --batch {args.batch} "
+             f"--ratio {args.ratio:g} --repeats {args.repeats} --pairs {args.pairs} --pack {args.pack} "
+             f"--pack-ratio {args.pack_ratio:g}`"]
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"memory_{args.model}.md"), "w") as f:
         f.write("\n".join(rows) + "\n")

@@ -30,6 +30,8 @@ _OPTIONS = [
     ("--sampler", "sampler", str, "mini-batch sampler name (slimkit.train.sampling)"),
     ("--sampler-opts", "sampler_options", str, "sampler options FIELD=VALUE,..., e.g. mixture=0.3,period=5"),
     ("--memory-budget", "memory_budget", str, "training memory budget, e.g. 2GB or 512MiB"),
+    ("--memory-pack", "memory_pack", str, "bf16 | fp16: the budget may keep activations in 16 bits where that is "
+                                          "cheaper than recomputing them (gradients within the rounding)"),
     ("--compress", "compress", str, "gradient compressor for DDP runs, e.g. 'ecq(bits=2)'"),
     ("--seed", "seed", int, "random seed"),
     ("--device", "device", str, "auto | cpu | cuda | cuda:N"),

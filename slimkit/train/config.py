@@ -17,7 +17,7 @@ NONFINITE_POLICIES = ("raise", "skip")
 # device, workers, progress, on_nonfinite) may change between the two.
 RESUME_MUST_MATCH = ("batch_size", "lr", "optimizer", "optimizer_options", "loss", "huber_delta", "lr_schedule",
                      "lr_step_size", "lr_gamma", "grad_clip", "seed", "sampler", "sampler_options", "memory_budget",
-                     "compress", "tbptt")
+                     "memory_pack", "compress", "tbptt")
 
 
 @dataclass
@@ -47,6 +47,7 @@ class TrainConfig:
     sampler: Optional[str] = None  # name in slimkit.train.sampling; None = uniform shuffle
     sampler_options: dict = field(default_factory=dict)
     memory_budget: Optional[Union[str, int]] = None  # e.g. "2GB", "512MiB" or bytes
+    memory_pack: Optional[str] = None  # "bf16" | "fp16": the budget may keep activations in 16 bits (lossy backward)
     compress: Optional[str] = None  # gradient compressor spec for DDP runs, e.g. "ecq(bits=2)"
     progress: bool = True
     resume: Union[bool, str] = False  # True: out_dir/checkpoint.pt; a str: that checkpoint
@@ -74,6 +75,8 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
         if self.memory_budget is not None:
             parse_size(self.memory_budget)  # fail early on a malformed size
+        if self.memory_pack not in (None, "bf16", "fp16"):
+            raise ValueError(f"memory_pack must be None, 'bf16' or 'fp16', got {self.memory_pack!r}")
 
     @property
     def log_formats(self):

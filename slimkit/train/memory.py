@@ -11,7 +11,10 @@
   (activation checkpointing, ``torch.utils.checkpoint``); on CUDA a segment whose host round trip
   (2 x bytes / PCIe bandwidth) is cheaper than its recompute is offloaded to pinned host memory instead
   (``torch.autograd.graph.save_on_cpu``). Long segments keep the fewest bytes after the forward but recompute
-  many at once in backward: ``MemoryPlan.backward_peak_bytes`` bounds that peak.
+  many at once in backward: ``MemoryPlan.backward_peak_bytes`` bounds that peak. With ``pack="bf16"`` (or
+  ``"fp16"``) a segment may instead keep its activations in 16 bits (``Packed``): half their bytes for a dtype
+  conversion, far cheaper than a recompute, at a rounding of 2^-9 (bf16) / 2^-12 (fp16) relative in what backward
+  reads; the planner prices both per block and mixes them.
 * ``tune_batch_size``: the largest batch under the budget and the throughput-optimal one, with the learning rate
   scaled linearly (Goyal et al. 2017).
 
@@ -53,6 +56,7 @@ def measure_activation_memory(model, batch):
     seen = {}
     # Weights are saved by reference (often as a transposed view): they are not activations.
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    _MEASURING.append((seen, weights))  # Packed's own hooks replace these: it reports what it keeps here
 
     def pack(t):
         storage = t.untyped_storage()
@@ -60,11 +64,18 @@ def measure_activation_memory(model, batch):
             seen[storage.data_ptr()] = storage.nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = _forward_loss(model, batch)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = _forward_loss(model, batch)
+    finally:
+        _MEASURING.pop()
     loss.backward()
     model.zero_grad(set_to_none=True)
     return int(sum(seen.values()))
+
+
+_MEASURING = []  # (seen, weight storages) of the measure_activation_memory calls in progress
+PACK_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Checkpointed(nn.Module):
@@ -114,6 +125,51 @@ class Offloaded(nn.Module):
             return self.segment(x)
 
 
+class Packed(nn.Module):
+    """Runs ``segment`` keeping the float32 activations its backward reads in 16 bits (``dtype``: "bf16" or
+    "fp16"), converted back when backward needs them; weights and the segment's own input and output stay as they
+    are (the neighbouring segments keep them in float32 anyway, so a 16-bit copy would add bytes, not save them).
+    torch.autograd.graph.saved_tensors_hooks does the keeping; the conversion waits until the segment's forward
+    has returned, when its output is known. One saved tensor that several ops save (a ReLU's output that the next
+    conv also saves) is converted once."""
+
+    def __init__(self, segment, dtype="bf16"):
+        super().__init__()
+        self.segment = segment
+        self.dtype = dtype
+
+    def forward(self, x):
+        if not torch.is_grad_enabled():
+            return self.segment(x)
+        target = PACK_DTYPES[self.dtype]
+        weights = {p.untyped_storage().data_ptr() for p in self.segment.parameters()}
+        held = {}  # view key -> [tensor]; every save of one view shares one holder
+
+        def pack(t):
+            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+            return held.setdefault(key, [t])
+
+        def unpack(holder):
+            t = holder[0]
+            return t.float() if t.dtype == target else t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            out = self.segment(x)
+        keep = weights | {x.untyped_storage().data_ptr()}
+        if torch.is_tensor(out):
+            keep.add(out.untyped_storage().data_ptr())
+        for holder in held.values():
+            t = holder[0]
+            if t.dtype == torch.float32 and t.untyped_storage().data_ptr() not in keep:
+                holder[0] = t.to(target)
+        for seen, params in _MEASURING:
+            for holder in held.values():
+                storage = holder[0].untyped_storage()
+                if storage.data_ptr() not in params:
+                    seen[storage.data_ptr()] = storage.nbytes()
+        return out
+
+
 @dataclass
 class BlockCost:
     """Cost model entry for one child of an ``nn.Sequential``, measured on the example batch."""
@@ -122,14 +178,15 @@ class BlockCost:
     input_bytes: int  # bytes of its input (the previous block's output, usually kept by that block anyway)
     output_bytes: int  # bytes of its output (kept for the next block either way)
     forward_s: float  # forward time: the price of recomputing it
+    pack_s: float = 0.0  # time to convert its own saved bytes to 16 bits and back: the price of packing it
 
 
 @dataclass
 class SegmentCost:
     path: str  # "<sequential path>[start:stop]"
     saved_bytes: int  # predicted bytes no longer kept after the forward
-    forward_s: float  # predicted recompute time (CUDA offload: the host round trip instead)
-    action: str = "checkpoint"
+    forward_s: float  # predicted recompute time (CUDA offload: the host round trip; pack: the conversions)
+    action: str = "checkpoint"  # or "offload", "pack"
     inner_bytes: int = 0  # bytes its recompute holds at once during backward
 
 
@@ -151,7 +208,8 @@ class MemoryPlan:
 
     @property
     def recompute_s(self):
-        """Predicted extra seconds per training step (sum of the wrapped segments' forward times)."""
+        """Predicted extra seconds per training step (sum of the wrapped segments' prices: forward times of the
+        recomputed ones, conversions of the packed ones)."""
         return sum(c.forward_s for c in self.wrapped)
 
     @property
@@ -173,32 +231,66 @@ def _sequentials(model):
     ones: outer ones are handled through their children)."""
     out = []
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.Sequential) and len(mod) >= 2 and not isinstance(mod, (Checkpointed, Offloaded)):
+        if isinstance(mod, nn.Sequential) and len(mod) >= 2 and not isinstance(mod, (Checkpointed, Offloaded, Packed)):
             if not any(isinstance(m, nn.Sequential) for m in list(mod.modules())[1:]):
                 out.append((name or "<root>", mod))
     return out
 
 
 def _time_forward(module, x, repeats=5):
-    """Forward time (the recompute price) of ``module`` on ``x``: the fastest of ``repeats`` runs, which other load
-    on the machine can only lengthen."""
+    """Forward time (the recompute price) of ``module`` on ``x``, with autograd recording as in a recompute (it
+    saves tensors for the backward that follows: about 1.5x a no-grad forward on CPU): the fastest of ``repeats``
+    runs, which other load on the machine can only lengthen."""
     times = []
-    with torch.no_grad():
+    x = x.detach().requires_grad_(x.is_floating_point())
+    with torch.enable_grad():
         module(x)
         for _ in range(repeats):
             if x.is_cuda:
                 torch.cuda.synchronize(x.device)
             t0 = time.perf_counter()
-            module(x)
+            out = module(x)
             if x.is_cuda:
                 torch.cuda.synchronize(x.device)
             times.append(time.perf_counter() - t0)
+            del out
     return min(times)
 
 
-def plan_memory(model, example_batch):
+def _time_pack(module, x, dtype, repeats=5):
+    """Seconds to convert the float32 activations ``module``'s backward keeps on ``x`` (not its input, output or
+    weights) to ``dtype`` and back: the price of ``Packed``. The fastest of ``repeats``."""
+    kept = {}
+    skip = {p.untyped_storage().data_ptr() for p in module.parameters()} | {x.untyped_storage().data_ptr()}
+
+    def grab(t):
+        if t.dtype == torch.float32 and t.untyped_storage().data_ptr() not in skip:
+            kept.setdefault(t.untyped_storage().data_ptr(), t)
+        return t
+
+    x = x.clone().requires_grad_(True)
+    skip.add(x.untyped_storage().data_ptr())
+    with torch.autograd.graph.saved_tensors_hooks(grab, lambda t: t):
+        out = module(x)
+    if torch.is_tensor(out):
+        kept.pop(out.untyped_storage().data_ptr(), None)
+    tensors = [t.detach() for t in kept.values()]
+    del out
+    if not tensors:
+        return 0.0
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        for t in tensors:
+            t.to(dtype).float()
+        times.append(time.perf_counter() - t0)
+    return min(times[1:])
+
+
+def plan_memory(model, example_batch, pack=None):
     """The per-block cost model: for each child of every innermost ``nn.Sequential``, the bytes its backward keeps,
-    its input's bytes and its forward time, measured on the inputs it sees in a forward of ``example_batch``."""
+    its input's bytes and its forward time, measured on the inputs it sees in a forward of ``example_batch``
+    (with ``pack``: also the time to convert its saved bytes to that 16-bit type and back)."""
     seqs = _sequentials(model)
     inputs, outputs, hooks = {}, {}, []
     for path, seq in seqs:
@@ -223,16 +315,19 @@ def plan_memory(model, example_batch):
                 break
             saved = measure_activation_memory(child, x.clone().requires_grad_(True))
             seconds = _time_forward(child, x)
-            row.append(BlockCost(f"{path}[{i}]", saved, x.numel() * x.element_size(), outputs[(path, i)], seconds))
+            pack_s = _time_pack(child, x, PACK_DTYPES[pack]) if pack else 0.0
+            row.append(BlockCost(f"{path}[{i}]", saved, x.numel() * x.element_size(), outputs[(path, i)], seconds,
+                                 pack_s))
         if row:
             costs[path] = row
     return costs
 
 
-def _segment_options(blocks, cuda, cap=None):
+def _segment_options(blocks, cuda, cap=None, pack=False):
     """Pareto front of (bytes saved, recompute seconds, segments) over the ways to wrap contiguous runs of
-    ``blocks`` (whole Sequential included; recomputed segments holding at most ``cap`` bytes at once): a DP over
-    prefixes that keeps only undominated choices."""
+    ``blocks`` (whole Sequential included; recomputed segments holding at most ``cap`` bytes at once; with
+    ``pack``, 16-bit packed segments too, which keep half of what they hold beyond their input and output): a DP
+    over prefixes that keeps only undominated choices."""
     n = len(blocks)
     fronts = [[] for _ in range(n + 1)]
     fronts[0] = [(0, 0.0, ())]
@@ -256,6 +351,16 @@ def _segment_options(blocks, cuda, cap=None):
                 break  # longer segments from j only hold more
             seg = SegmentCost("", saved, price, action, inner)
             fronts[k].extend((b + saved, t + price, segs + ((j, k, seg),)) for b, t, segs in fronts[j])
+        if pack:
+            own, secs = 0, 0.0
+            for k in range(j + 1, n + 1):
+                last = blocks[k - 1]
+                own += max(last.saved_bytes - last.input_bytes, 0)
+                secs += last.pack_s
+                saved = (own - last.output_bytes) // 2
+                if saved > 0:
+                    seg = SegmentCost("", saved, secs, "pack", 0)
+                    fronts[k].extend((b + saved, t + secs, segs + ((j, k, seg),)) for b, t, segs in fronts[j])
         fronts[j + 1] = _pareto(fronts[j + 1])
     return _pareto(fronts[n])
 
@@ -271,12 +376,12 @@ def _pareto(options):
     return out
 
 
-def _cheapest(costs, need_bytes, cuda, cap):
+def _cheapest(costs, need_bytes, cuda, cap, pack=False):
     """The combination with the fewest recompute seconds over all Sequentials that saves >= need_bytes (or the
     most-saving one when none does)."""
     combined = [(0, 0.0, ())]
     for path, blocks in costs.items():
-        opts = _segment_options(blocks, cuda, cap)
+        opts = _segment_options(blocks, cuda, cap, pack)
         combined = _pareto([(b1 + b2, t1 + t2, s1 + tuple((path, j, k, seg) for j, k, seg in s2))
                             for b1, t1, s1 in combined for b2, t2, s2 in opts])
     feasible = [o for o in combined if o[0] >= need_bytes]
@@ -297,7 +402,9 @@ def predicted_peak(costs, segments, before_bytes):
                 k, seg = starts[(path, j)]
                 if seg.action == "checkpoint":
                     peak = max(peak, kept + seg.inner_bytes)
-                kept += blocks[k - 1].output_bytes
+                    kept += blocks[k - 1].output_bytes
+                else:  # offload / pack: what the blocks keep, less what the segment saves
+                    kept += sum(max(b.saved_bytes - b.input_bytes, 0) for b in blocks[j:k]) - seg.saved_bytes
                 j = k
             else:
                 kept += max(blocks[j].saved_bytes - blocks[j].input_bytes, 0)
@@ -305,19 +412,19 @@ def predicted_peak(costs, segments, before_bytes):
     return max(peak, kept)
 
 
-def _choose(costs, need_bytes, cuda, limit_bytes=None, before_bytes=0):
+def _choose(costs, need_bytes, cuda, limit_bytes=None, before_bytes=0, pack=False):
     """The cheapest plan saving >= need_bytes. With ``limit_bytes``, also keep the predicted backward peak under
     it: recomputed segments are capped in size, trying every cap, and the cheapest plan within the limit wins
     (else the one with the lowest predicted peak)."""
     if limit_bytes is None:
-        return _cheapest(costs, need_bytes, cuda, None)
+        return _cheapest(costs, need_bytes, cuda, None, pack)
     inners = sorted({sum(max(b.saved_bytes - b.input_bytes, 0) for b in row[j:k]) + row[j].input_bytes
                      for row in costs.values() for j in range(len(row)) for k in range(j + 1, len(row) + 1)})
     if len(inners) > 64:  # enough caps to find the plan; keeps planning fast on long Sequentials
         inners = [inners[round(i * (len(inners) - 1) / 63)] for i in range(64)]
     best, lowest = None, None
     for cap in [None] + inners[::-1]:
-        option = _cheapest(costs, need_bytes, cuda, cap)
+        option = _cheapest(costs, need_bytes, cuda, cap, pack)
         if option[0] < need_bytes:
             continue
         peak = predicted_peak(costs, option[2], before_bytes)
@@ -327,10 +434,11 @@ def _choose(costs, need_bytes, cuda, limit_bytes=None, before_bytes=0):
             lowest = (peak, option)
     if best is not None:
         return best
-    return lowest[1] if lowest else _cheapest(costs, need_bytes, cuda, None)
+    return lowest[1] if lowest else _cheapest(costs, need_bytes, cuda, None, pack)
 
 
-def apply_memory_budget(model, example_batch, budget_bytes, *, return_plan=False, max_replans=4, peak=True):
+def apply_memory_budget(model, example_batch, budget_bytes, *, return_plan=False, max_replans=4, peak=True,
+                        pack=None):
     """A copy of ``model`` whose training-time memory (weights + grads + saved activations) fits ``budget_bytes``.
 
     Plans with the per-block cost model (``plan_memory``): among all ways to wrap contiguous runs of blocks of each
@@ -338,39 +446,43 @@ def apply_memory_budget(model, example_batch, budget_bytes, *, return_plan=False
     saves enough bytes, then measures the result; if the prediction was optimistic it re-plans for the shortfall.
     ``peak=True`` also keeps the predicted peak during backward (a recomputed segment holds all its activations at
     once) under the budget; ``peak=False`` bounds only what the forward leaves saved (longer segments, fewer kept
-    boundaries, a higher backward peak).
+    boundaries, a higher backward peak). ``pack="bf16"`` / ``"fp16"`` lets the plan keep segments' activations in
+    16 bits (``Packed``) where that is cheaper than recomputing them: exact outputs, gradients within the rounding
+    of what backward reads (off by default: the default plan's gradients equal the plain model's).
     Raises ``SlimkitError`` when the weights and gradients alone exceed the budget, or when no plan fits.
     """
     budget_bytes = int(budget_bytes)
     weights, grads = _fixed_bytes(model)
+    if pack is not None and pack not in PACK_DTYPES:
+        raise ValueError(f"pack must be None or one of {sorted(PACK_DTYPES)}, got {pack!r}")
     if weights + grads >= budget_bytes:
         raise SlimkitError(f"memory budget {budget_bytes:,} B is smaller than the model's weights + gradients "
                            f"({weights + grads:,} B)")
     model = copy.deepcopy(model)
     with _bn_stats_restored(model):  # the planning forwards must not move the copy's BatchNorm statistics
-        plan = _fit_plan(model, example_batch, budget_bytes, (weights, grads), max_replans, peak)
+        plan = _fit_plan(model, example_batch, budget_bytes, (weights, grads), max_replans, peak, pack)
     return (model, plan) if return_plan else model
 
 
-def _fit_plan(model, example_batch, budget_bytes, fixed, max_replans, peak):
+def _fit_plan(model, example_batch, budget_bytes, fixed, max_replans, peak, pack=None):
     before = measure_activation_memory(model, example_batch)
     plan = MemoryPlan(budget_bytes, fixed[0], before, before, grad_bytes=fixed[1])
     if plan.fits:
         return plan
-    costs = plan_memory(model, example_batch)
+    costs = plan_memory(model, example_batch, pack)
     plan.blocks = [b for row in costs.values() for b in row]
     seqs = dict(_sequentials(model))
     room = budget_bytes - sum(fixed)  # what the activations may take
     need = before - room
     for _ in range(max_replans):
         limit = room if peak else None
-        saved, _, segments = _choose(costs, need, example_batch.is_cuda, limit, before)
+        saved, _, segments = _choose(costs, need, example_batch.is_cuda, limit, before, bool(pack))
         replacements = {}
         plan.wrapped = []
         for path, j, k, seg in sorted(segments, key=lambda s: (s[0], s[1])):
             replacements.setdefault(path, (seqs[path], []))[1].append((j, k, seg.action))
             plan.wrapped.append(dataclasses.replace(seg, path=f"{path}[{j}:{k}]"))
-        _rebuild(model, replacements)
+        _rebuild(model, replacements, pack)
         plan.activation_bytes_after = measure_activation_memory(model, example_batch)
         plan.predicted_peak_bytes = predicted_peak(costs, segments, before)
         if plan.fits or saved < need:  # fits, or nothing saves more
@@ -382,7 +494,7 @@ def _fit_plan(model, example_batch, budget_bytes, fixed, max_replans, peak):
     return plan
 
 
-def _rebuild(model, replacements):
+def _rebuild(model, replacements, pack=None):
     """Replace each recorded Sequential's children by wrapped segments (from its original children, so a new
     plan replaces the previous one)."""
     for seq, chunks in replacements.values():
@@ -390,8 +502,11 @@ def _rebuild(model, replacements):
         new, i = [], 0
         for start, stop, action in sorted(chunks):
             new.extend(original[i:start])
-            wrap = Offloaded if action == "offload" else Checkpointed
-            new.append(wrap(nn.Sequential(*original[start:stop])))
+            segment = nn.Sequential(*original[start:stop])
+            if action == "pack":
+                new.append(Packed(segment, pack))
+            else:
+                new.append(Offloaded(segment) if action == "offload" else Checkpointed(segment))
             i = stop
         new.extend(original[i:])
         for key in list(seq._modules):

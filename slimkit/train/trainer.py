@@ -178,7 +178,8 @@ class Trainer:
 
             n = min(cfg.batch_size, len(self.train_data))
             example = torch.utils.data.default_collate([self.train_data[i] for i in range(n)])[0].to(self.device)
-            model = apply_memory_budget(model, example, parse_size(cfg.memory_budget)).to(self.device)
+            model = apply_memory_budget(model, example, parse_size(cfg.memory_budget),
+                                        pack=cfg.memory_pack).to(self.device)
         self.core = model  # what gets saved: never the DDP wrapper
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP

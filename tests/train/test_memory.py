@@ -132,3 +132,62 @@ def test_peak_aware_plan_splits_a_segment_whose_recompute_would_break_the_budget
     assert predicted_peak(costs, plan(halves), before) == 25
     _, _, segs = _choose(costs, 28, cuda=False, limit_bytes=30, before_bytes=before)
     assert sorted((p, j, k) for p, j, k, _ in segs) == halves
+
+
+def test_packed_segment_keeps_its_inner_activations_in_16_bits_counted_exactly():
+    from slimkit.train.memory import Packed
+
+    torch.manual_seed(0)
+    seg = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU())
+    x = torch.randn(4, 8)
+    # plain: Linear1 saves x (4x8 fp32), ReLU1 its output (4x16; Linear2 saves the same tensor), ReLU2 its output
+    # (4x16; the loss saves it again). Packed keeps x and the output in fp32 and ReLU1's output once in bf16.
+    assert measure_activation_memory(seg, x) == 4 * (4 * 8 + 4 * 16 + 4 * 16)
+    assert measure_activation_memory(Packed(seg, "bf16"), x) == 4 * (4 * 8 + 4 * 16) + 2 * 4 * 16
+
+
+@pytest.mark.parametrize("dtype,min_snr_db", [("bf16", 40.0), ("fp16", 55.0)])
+def test_packed_segment_gives_the_same_outputs_and_gradients_within_the_rounding(dtype, min_snr_db):
+    from slimkit.train.memory import Packed
+
+    torch.manual_seed(0)
+    seg = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(512, 4))
+    plain, packed = copy.deepcopy(seg).train(), Packed(copy.deepcopy(seg), dtype).train()
+    x = torch.randn(8, 3, 8, 8)
+    y_plain, y_packed = plain(x), packed(x)
+    torch.testing.assert_close(y_packed, y_plain, rtol=0, atol=0)  # the forward itself is untouched
+    y_plain.square().sum().backward()
+    y_packed.square().sum().backward()
+    grads = [(p.grad, q.grad) for p, q in zip(plain.parameters(), packed.segment.parameters())]
+    err = sum(((a - b) ** 2).sum() for a, b in grads)
+    ref = sum((a ** 2).sum() for a, _ in grads)
+    assert 0 < err and 10 * torch.log10(ref / err) >= min_snr_db  # lossy, but by the 16-bit rounding only
+
+
+def test_planner_packs_where_converting_is_cheaper_than_recomputing():
+    from slimkit.train.memory import BlockCost, _choose
+
+    # 4 blocks keeping 10 B (2 B input, 2 B output), recompute 1 s, 16-bit packing 0.2 s each.
+    costs = {"S": [BlockCost(f"S[{i}]", 10, 2, 2, 1.0, 0.2) for i in range(4)]}
+    # packing all four as one segment keeps half of 4 * 8 - 2 = 30 B: saves 15 B for 0.8 s; without pack the
+    # cheapest 15 B is 2 recomputed blocks (2 s).
+    saved, seconds, segs = _choose(costs, 15, cuda=False, pack=True)
+    assert (saved, seconds) == (15, pytest.approx(0.8)) and [(j, k, s.action) for _, j, k, s in segs] == [(0, 4, "pack")]
+    saved, seconds, _ = _choose(costs, 15, cuda=False)
+    assert (saved, seconds) == (22, 3.0)  # S[0:3] recomputed: 3 * 8 - 2
+    # more than packing can give: pack and recompute mix (S[0:3] recomputed = 22 B, S[3:4] packed = 3 B)
+    saved, seconds, segs = _choose(costs, 25, cuda=False, pack=True)
+    assert saved >= 25 and {s.action for *_, s in segs} == {"pack", "checkpoint"}
+
+
+def test_budget_with_pack_fits_and_rejects_unknown_types():
+    model = _mlp()
+    x = torch.randn(32, 64)
+    before = measure_activation_memory(model, x)
+    budget = 2 * _weights(model) + before // 2
+    small, plan = apply_memory_budget(model, x, budget, return_plan=True, pack="bf16")
+    assert plan.fits and measure_activation_memory(small, x) == plan.activation_bytes_after <= before // 2
+    torch.testing.assert_close(small(x), model(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="pack must be None or one of"):
+        apply_memory_budget(model, x, budget, pack="int4")

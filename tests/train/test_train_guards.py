@@ -137,6 +137,7 @@ def test_cli_resume_with_another_optimizer_is_one_line_and_writes_nothing(fake_z
     (["--device", "banana"], "unknown device 'banana'; expected auto, cpu, cuda, cuda:N or mps"),
     (["--on-nonfinite", "ignore"], "unknown on_nonfinite 'ignore'; expected one of: raise, skip"),
     (["--lr", "nan"], "lr must be > 0, got nan"),
+    (["--memory-budget", "1GB", "--memory-pack", "int4"], "memory_pack must be None, 'bf16' or 'fp16', got 'int4'"),
 ])
 def test_cli_bad_settings_are_one_line(fake_zoo, tmp_path, capsys, argv, msg):
     assert _train(tmp_path / "o", *argv) == 2

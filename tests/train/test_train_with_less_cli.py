@@ -26,6 +26,7 @@ def _run(tmp_path, *extra):
     (["--sampler", "importance", "--sampler-opts", "mixture=0.5,period=5", "--optim", "adam", "--lr", "0.002"],
      "sampler", "importance"),
     (["--memory-budget", "8MB", "--optim", "adam", "--lr", "0.002"], "memory_budget", "8MB"),
+    (["--memory-budget", "8MB", "--memory-pack", "bf16", "--optim", "adam", "--lr", "0.002"], "memory_pack", "bf16"),
 ])
 def test_flags_train_and_learn(tmp_path, extra, key, value):
     config, rows = _run(tmp_path, *extra)

@@ -253,14 +253,15 @@ def test_reweighting_sampler_protocol(monkeypatch):
 def test_memory_budget_hook_called_once_with_bytes(monkeypatch):
     calls = []
 
-    def apply_memory_budget(model, example_batch, budget_bytes):
-        calls.append((tuple(example_batch.shape), budget_bytes))
+    def apply_memory_budget(model, example_batch, budget_bytes, pack=None):
+        calls.append((tuple(example_batch.shape), budget_bytes, pack))
         return model
 
     monkeypatch.setitem(sys.modules, "slimkit.train.memory",
                         types.SimpleNamespace(apply_memory_budget=apply_memory_budget))
     fit(_model(), _data(64), None, TrainConfig(epochs=2, memory_budget="512MiB", **BASE))
-    assert calls == [((32, 1, 6, 6), 512 * 2**20)]
+    fit(_model(), _data(64), None, TrainConfig(epochs=1, memory_budget="1GB", memory_pack="fp16", **BASE))
+    assert calls == [((32, 1, 6, 6), 512 * 2**20, None), ((32, 1, 6, 6), 10**9, "fp16")]
 
 
 @pytest.mark.parametrize("text,expected", [("2GB", 2 * 10**9), ("512MiB", 512 * 2**20), ("1.5 GiB", 3 * 2**29),
