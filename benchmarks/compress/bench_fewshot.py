@@ -212,6 +212,13 @@ ROWS = {
                          "pq_alloc15_k4, image draw seed 1", 1),
     "pq_alloc15_k4_s2": ("pq(sub_dim=2,k=4,ec_iters=4,features=10,target_ratio=15,k_max=32)", 10,
                          "pq_alloc15_k4, image draw seed 2", 2),
+    # round 9: the codeword fine-tune with block-output MSE weight 40 (as distill's round-9 rows)
+    "pq_alloc15_k4_f40": ("pq(sub_dim=2,k=4,ec_iters=4,features=40,target_ratio=15,k_max=32)", 10,
+                          "pq_alloc15_k4 with block-output MSE weight 40"),
+    "pq_alloc15_k4_f40_s1": ("pq(sub_dim=2,k=4,ec_iters=4,features=40,target_ratio=15,k_max=32)", 10,
+                             "pq_alloc15_k4_f40, image draw seed 1", 1),
+    "pq_alloc15_k4_f40_s2": ("pq(sub_dim=2,k=4,ec_iters=4,features=40,target_ratio=15,k_max=32)", 10,
+                             "pq_alloc15_k4_f40, image draw seed 2", 2),
     "pq_noft": ("pq(sub_dim=2,k=8,ec_iters=4,steps=0)", 10, "pq, error correction only"),
     "int8": ("int8", 10, "ONNX Runtime static int8"),
 }
