@@ -47,6 +47,12 @@ DROP_BUDGET = "drop(blocks=2),budget(target_macs=0.5,of=original,coupled=false),
 SYNTH = "synth(n=256,iters=200)"
 BUDGET_F20 = BUDGET_MACS.replace("features=10", "features=20")  # round 8's best: block-output MSE weight 20
 BUDGET_F40 = BUDGET_MACS.replace("features=10", "features=40")
+# round 10: the same MACs reached in two steps (0.7x, then 0.5x of the checkpoint), the 4000 function-matching
+# steps split between them (gradual pruning: each step removes less before it is recovered)
+BUDGET_F40_ITER = ("budget(target_macs=0.7,coupled=false),"
+                   + BEST2_RECOVERY.replace("features=10", "features=40").replace("steps=4000", "steps=2000")
+                   .replace(",fold", ",budget(target_macs=0.5,of=original,coupled=false),")
+                   + BEST2_RECOVERY.replace("features=10", "features=40").replace("steps=4000", "steps=2000"))
 ROWS = {
     # name: (recipe, K, note). The recipe runs through slimkit.compress(); K=0 = data-free.
     "main": (MAIN, 10, "slimkit's default recipe before block-output features (distill features=0)"),
@@ -178,6 +184,9 @@ ROWS = {
     "best2_budget_macs_f40": (BUDGET_F40, 10, "best2_budget_macs with block-output MSE weight 40 (default 10)"),
     "best2_budget_macs_f40_s1": (BUDGET_F40, 10, "best2_budget_macs_f40, image draw seed 1", 1),
     "best2_budget_macs_f40_s2": (BUDGET_F40, 10, "best2_budget_macs_f40, image draw seed 2", 2),
+    "best2_budget_macs_f40_iter": (BUDGET_F40_ITER, 10, "best2_budget_macs_f40 reached in two pruning steps"),
+    "best2_budget_macs_f40_iter_s1": (BUDGET_F40_ITER, 10, "best2_budget_macs_f40_iter, image draw seed 1", 1),
+    "best2_budget_macs_f40_iter_s2": (BUDGET_F40_ITER, 10, "best2_budget_macs_f40_iter, image draw seed 2", 2),
     "best2_budget_macs_f80": (BUDGET_MACS.replace("features=10", "features=80"), 10,
                               "best2_budget_macs with block-output MSE weight 80 (default 10)"),
     "best2_budget_macs_synth": (f"{SYNTH},{BUDGET_MACS}", 10, "best2_budget_macs + 256 synthetic images beside the real ones"),

@@ -137,7 +137,8 @@ def function_matching(student, teacher, X, settings: MatchSettings, gen, params=
     # Divergence guard: with very few images (K=1) an update can blow up to NaN. Roll back to the last good
     # weights, drop the momentum and halve the learning rate for the rest of the run, rather than return (or
     # fail on) a broken student. Runs that never diverge are unchanged.
-    good, good_every, lr_scale, rollbacks = copy.deepcopy(student.state_dict()), 50, 1.0, 0
+    start = copy.deepcopy(student.state_dict())
+    good, good_every, lr_scale, rollbacks = start, 50, 1.0, 0
     try:
         for step in tqdm(range(s.steps), desc=f"{desc}: function matching", disable=not progress, leave=False):
             idx = torch.randint(0, len(X), (s.batch_size,), generator=gen)  # views differ, so a batch may exceed the image count
@@ -151,23 +152,26 @@ def function_matching(student, teacher, X, settings: MatchSettings, gen, params=
                      for ft in [grab_t.values.get(n)] if torch.is_tensor(ft) and ft.shape == fs.shape]
             if terms:  # the mean over matched features, so the weight does not grow with depth
                 loss = loss + s.features * sum(terms) / len(terms)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            broken = not torch.isfinite(loss)  # the last update broke the weights
+            if not broken:
+                if step % good_every == 0:  # weights that have just given a finite loss
+                    good = copy.deepcopy(student.state_dict())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                broken = not all(torch.isfinite(p).all() for p in params)
             sched.step()
+            lr_scale *= 0.5 if broken else 1.0
             if lr_scale != 1.0:
                 for g in opt.param_groups:
                     g["lr"] *= lr_scale
-            if not torch.isfinite(loss) or not all(torch.isfinite(p).all() for p in params):
+            if broken:
                 rollbacks += 1
                 student.load_state_dict(good)
                 opt.state.clear()
-                lr_scale *= 0.5
                 if rollbacks > 8:
                     break
                 continue
-            if step % good_every == 0:
-                good = copy.deepcopy(student.state_dict())
             if average is not None:
                 average.update_parameters(student)
     finally:
@@ -178,7 +182,17 @@ def function_matching(student, teacher, X, settings: MatchSettings, gen, params=
         with torch.no_grad():
             for p, q in zip(student.parameters(), average.module.parameters()):
                 p.copy_(q)
+    # A last update can leave the weights finite but so large that the outputs overflow (seen with a large
+    # feature weight on a random-weight network): never hand that on; fall back to the last good weights, then to
+    # the weights before function matching
+    probe, kept = X[: s.batch_size], f"continued at {lr_scale:g}x the learning rate"
+    for fallback, what in ((good, "kept the last good weights"), (start, "kept the weights before it")):
+        with torch.no_grad():
+            if torch.isfinite(student(probe)).all():
+                break
+        rollbacks, kept = rollbacks + 1, what + " (the final ones overflow)"
+        student.load_state_dict(fallback)
     if rollbacks:
-        warnings.warn(f"{desc}: function matching diverged {rollbacks} time(s); rolled back to the last good weights "
-                      f"and continued at {lr_scale:g}x the learning rate", UserWarning, stacklevel=2)
+        warnings.warn(f"{desc}: function matching diverged {rollbacks} time(s); rolled back to the last good weights, "
+                      f"{kept}", UserWarning, stacklevel=2)
     return float(loss.detach()) if torch.isfinite(loss) else None

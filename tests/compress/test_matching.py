@@ -165,3 +165,31 @@ def test_adam_with_mse_loss_moves_the_student_towards_the_teacher():
     assert after < 0.5 * before
     with pytest.raises(ValueError, match="optimizer must be 'sgd' or 'adam'"):
         function_matching(student, teacher, x, MatchSettings(steps=1, optimizer="lion"), torch.Generator())
+
+
+class _Overflowing(torch.nn.Module):
+    """exp of a linear map: a large enough (still finite) weight makes the outputs overflow to inf."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(3 * 8 * 8, 4)
+        torch.nn.init.zeros_(self.fc.weight)
+
+    def forward(self, x):
+        return torch.exp(self.fc(x.flatten(1)))
+
+
+def test_finite_weights_whose_outputs_overflow_are_not_returned():
+    """A huge-lr update leaves the weights finite but the outputs infinite; the in-loop guard sees that only in the
+    next step's loss, so the last update (one-cycle's last lr is still 4e4 here) would slip through: the final
+    probe rolls back to the weights before function matching."""
+    torch.manual_seed(0)
+    teacher, student = tiny_model().eval(), _Overflowing().eval()
+    start = copy.deepcopy(student.state_dict())
+    with pytest.warns(UserWarning, match=r"diverged \d+ time\(s\).*the final ones overflow"):
+        function_matching(student, teacher, _x(), MatchSettings(steps=3, lr=1e10, batch_size=8, features=0),
+                          torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.isfinite(student(_x())).all()
+    assert all(torch.isfinite(p).all() for p in student.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), start.values()))
