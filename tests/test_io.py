@@ -14,6 +14,7 @@ def _sigint():
     signal.raise_signal(signal.SIGINT)
 
 
+@pytest.mark.usefixtures("sigint_raises")
 def test_sigint_during_atomic_write_keeps_the_old_file(tmp_path):
     path = tmp_path / "model.bin"
     path.write_bytes(b"old good model")
@@ -70,6 +71,7 @@ def test_check_out_file(tmp_path):
     assert (tmp_path / "new").is_dir() and os.listdir(tmp_path / "new") == []
 
 
+@pytest.mark.usefixtures("sigint_raises")
 def test_staged_outputs_interrupted_leaves_folder_as_it_was(tmp_path):
     (tmp_path / "model.pt2").write_text("previous model")
     (tmp_path / "report.md").write_text("describes the previous model")

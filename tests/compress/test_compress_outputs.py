@@ -62,6 +62,7 @@ def test_bad_out_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
     assert calls == []  # refused before compressing anything
 
 
+@pytest.mark.usefixtures("sigint_raises")
 def test_sigint_while_writing_keeps_the_previous_results(tmp_path, monkeypatch):
     out = tmp_path / "run"
     assert main(_argv(out, "fold")) == 0

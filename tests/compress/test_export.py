@@ -182,6 +182,7 @@ def test_bad_onnx_files_are_refused(tmp_path):
         load(ext)
 
 
+@pytest.mark.usefixtures("sigint_raises")
 def test_save_is_atomic_when_interrupted(tmp_path, monkeypatch):
     import signal
 
