@@ -49,10 +49,10 @@ BUDGET_F20 = BUDGET_MACS.replace("features=10", "features=20")  # round 8's best
 BUDGET_F40 = BUDGET_MACS.replace("features=10", "features=40")
 # round 10: the same MACs reached in two steps (0.7x, then 0.5x of the checkpoint), the 4000 function-matching
 # steps split between them (gradual pruning: each step removes less before it is recovered)
-BUDGET_F40_ITER = ("budget(target_macs=0.7,coupled=false),"
-                   + BEST2_RECOVERY.replace("features=10", "features=40").replace("steps=4000", "steps=2000")
-                   .replace(",fold", ",budget(target_macs=0.5,of=original,coupled=false),")
-                   + BEST2_RECOVERY.replace("features=10", "features=40").replace("steps=4000", "steps=2000"))
+_F40_HALF = BEST2_RECOVERY.replace("features=10", "features=40").replace("steps=4000", "steps=2000")  # distill,fold
+BUDGET_F40_ITER = ("budget(target_macs=0.7,coupled=false)," + _F40_HALF.removesuffix(",fold")
+                   + ",budget(target_macs=0.5,of=original,coupled=false)," + _F40_HALF)
+PQ15_F40 = "pq(sub_dim=2,k=4,ec_iters=4,features=40,target_ratio=15,k_max=32)"  # round 9: pq_alloc15_k4 at weight 40
 ROWS = {
     # name: (recipe, K, note). The recipe runs through slimkit.compress(); K=0 = data-free.
     "main": (MAIN, 10, "slimkit's default recipe before block-output features (distill features=0)"),
@@ -222,12 +222,9 @@ ROWS = {
     "pq_alloc15_k4_s2": ("pq(sub_dim=2,k=4,ec_iters=4,features=10,target_ratio=15,k_max=32)", 10,
                          "pq_alloc15_k4, image draw seed 2", 2),
     # round 9: the codeword fine-tune with block-output MSE weight 40 (as distill's round-9 rows)
-    "pq_alloc15_k4_f40": ("pq(sub_dim=2,k=4,ec_iters=4,features=40,target_ratio=15,k_max=32)", 10,
-                          "pq_alloc15_k4 with block-output MSE weight 40"),
-    "pq_alloc15_k4_f40_s1": ("pq(sub_dim=2,k=4,ec_iters=4,features=40,target_ratio=15,k_max=32)", 10,
-                             "pq_alloc15_k4_f40, image draw seed 1", 1),
-    "pq_alloc15_k4_f40_s2": ("pq(sub_dim=2,k=4,ec_iters=4,features=40,target_ratio=15,k_max=32)", 10,
-                             "pq_alloc15_k4_f40, image draw seed 2", 2),
+    "pq_alloc15_k4_f40": (PQ15_F40, 10, "pq_alloc15_k4 with block-output MSE weight 40"),
+    "pq_alloc15_k4_f40_s1": (PQ15_F40, 10, "pq_alloc15_k4_f40, image draw seed 1", 1),
+    "pq_alloc15_k4_f40_s2": (PQ15_F40, 10, "pq_alloc15_k4_f40, image draw seed 2", 2),
     "pq_noft": ("pq(sub_dim=2,k=8,ec_iters=4,steps=0)", 10, "pq, error correction only"),
     "int8": ("int8", 10, "ONNX Runtime static int8"),
 }

@@ -154,14 +154,15 @@ def function_matching(student, teacher, X, settings: MatchSettings, gen, params=
                 loss = loss + s.features * sum(terms) / len(terms)
             broken = not torch.isfinite(loss)  # the last update broke the weights
             if not broken:
-                if step % good_every == 0:  # weights that have just given a finite loss
+                if step and step % good_every == 0:  # weights that have just given a finite loss (step 0: start)
                     good = copy.deepcopy(student.state_dict())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 broken = not all(torch.isfinite(p).all() for p in params)
             sched.step()
-            lr_scale *= 0.5 if broken else 1.0
+            if broken:
+                lr_scale *= 0.5
             if lr_scale != 1.0:
                 for g in opt.param_groups:
                     g["lr"] *= lr_scale
