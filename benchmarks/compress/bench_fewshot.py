@@ -53,6 +53,10 @@ _F40_HALF = BEST2_RECOVERY.replace("features=10", "features=40").replace("steps=
 BUDGET_F40_ITER = ("budget(target_macs=0.7,coupled=false)," + _F40_HALF.removesuffix(",fold")
                    + ",budget(target_macs=0.5,of=original,coupled=false)," + _F40_HALF)
 PQ15_F40 = "pq(sub_dim=2,k=4,ec_iters=4,features=40,target_ratio=15,k_max=32)"  # round 9: pq_alloc15_k4 at weight 40
+# round 11: the same images seen in twice the updates (batch 32 x 8000 steps; b128 x 2000 was worse than b64 x 4000)
+BUDGET_F40_B32 = BUDGET_F40.replace("steps=4000", "steps=8000,batch_size=32")
+BUDGET_F40_BNTRAIN = BUDGET_F40.replace("steps=4000", "steps=4000,bn=train")  # round 11: batch statistics in training
+PQ15_F40_3K = PQ15_F40.replace("features=40", "features=40,steps=3000")  # round 11: 3x the codeword fine-tune
 ROWS = {
     # name: (recipe, K, note). The recipe runs through slimkit.compress(); K=0 = data-free.
     "main": (MAIN, 10, "slimkit's default recipe before block-output features (distill features=0)"),
@@ -187,6 +191,18 @@ ROWS = {
     "best2_budget_macs_f40_iter": (BUDGET_F40_ITER, 10, "best2_budget_macs_f40 reached in two pruning steps"),
     "best2_budget_macs_f40_iter_s1": (BUDGET_F40_ITER, 10, "best2_budget_macs_f40_iter, image draw seed 1", 1),
     "best2_budget_macs_f40_iter_s2": (BUDGET_F40_ITER, 10, "best2_budget_macs_f40_iter, image draw seed 2", 2),
+    # round 11 (2026-12-07): more, smaller updates over the same number of views
+    "best2_budget_macs_f40_b32": (BUDGET_F40_B32, 10, "best2_budget_macs_f40 at batch 32 x 8000 steps (same views)"),
+    "best2_budget_macs_f40_b32_s1": (BUDGET_F40_B32, 10, "best2_budget_macs_f40_b32, image draw seed 1", 1),
+    "best2_budget_macs_f40_b32_s2": (BUDGET_F40_B32, 10, "best2_budget_macs_f40_b32, image draw seed 2", 2),
+    "best2_budget_macs_f40_bntrain": (BUDGET_F40_BNTRAIN, 10, "best2_budget_macs_f40 with BatchNorm in training "
+                                      "mode while function matching, statistics re-estimated after"),
+    "best2_budget_macs_f40_bntrain_s1": (BUDGET_F40_BNTRAIN, 10, "best2_budget_macs_f40_bntrain, image draw seed 1", 1),
+    "best2_budget_macs_f40_synth": (f"{SYNTH},{BUDGET_F40}", 10, "best2_budget_macs_f40 + 256 synthetic images "
+                                    "(BN-statistics inversion) beside the real ones"),
+    "best2_budget_macs_f40_synth_s1": (f"{SYNTH},{BUDGET_F40}", 10, "best2_budget_macs_f40_synth, image draw seed 1", 1),
+    "best2_budget_macs_f40_synth_s2": (f"{SYNTH},{BUDGET_F40}", 10, "best2_budget_macs_f40_synth, image draw seed 2", 2),
+    "best2_budget_macs_f40_bntrain_s2": (BUDGET_F40_BNTRAIN, 10, "best2_budget_macs_f40_bntrain, image draw seed 2", 2),
     "best2_budget_macs_f80": (BUDGET_MACS.replace("features=10", "features=80"), 10,
                               "best2_budget_macs with block-output MSE weight 80 (default 10)"),
     "best2_budget_macs_synth": (f"{SYNTH},{BUDGET_MACS}", 10, "best2_budget_macs + 256 synthetic images beside the real ones"),
@@ -225,6 +241,9 @@ ROWS = {
     "pq_alloc15_k4_f40": (PQ15_F40, 10, "pq_alloc15_k4 with block-output MSE weight 40"),
     "pq_alloc15_k4_f40_s1": (PQ15_F40, 10, "pq_alloc15_k4_f40, image draw seed 1", 1),
     "pq_alloc15_k4_f40_s2": (PQ15_F40, 10, "pq_alloc15_k4_f40, image draw seed 2", 2),
+    "pq_alloc15_k4_f40_3k": (PQ15_F40_3K, 10, "pq_alloc15_k4_f40 with 3000 codeword fine-tune steps (default 1000)"),
+    "pq_alloc15_k4_f40_3k_s1": (PQ15_F40_3K, 10, "pq_alloc15_k4_f40_3k, image draw seed 1", 1),
+    "pq_alloc15_k4_f40_3k_s2": (PQ15_F40_3K, 10, "pq_alloc15_k4_f40_3k, image draw seed 2", 2),
     "pq_noft": ("pq(sub_dim=2,k=8,ec_iters=4,steps=0)", 10, "pq, error correction only"),
     "int8": ("int8", 10, "ONNX Runtime static int8"),
 }

@@ -58,6 +58,8 @@ class DistillConfig(PassConfig):
     (``blocks``, the teacher's blocks found by name in the student) or the classifier's input (``penultimate``);
     crop: the function-matching views' crop (``shift``: padded shift, ``resized``: random-resized crop);
     ema: decay of an exponential moving average of the fine-tuned weights, returned instead of the last ones (0: off);
+    bn: ``frozen`` (BatchNorm normalises with its running statistics while function matching) or ``train``
+    (batch statistics; the running ones are re-estimated on the clean images afterwards, guarded as bnrecal);
     mix: mixup/cutmix between the images; flip: horizontal flips (``auto``: when the teacher says mirrored
     images keep their class)."""
 
@@ -90,6 +92,7 @@ class DistillConfig(PassConfig):
     feature_at: Literal["penultimate", "blocks"] = "blocks"
     crop: Literal["shift", "resized", "none"] = "shift"
     ema: float = 0.0
+    bn: Literal["frozen", "train"] = "frozen"
     mix: Literal["none", "mixup", "cutmix", "both"] = "both"
     flip: Literal["auto", "on", "off"] = "auto"
     seed: int = 0
@@ -534,9 +537,11 @@ def distill(model, example_inputs, config, context=None):
                              temperature=config.temperature, loss=config.loss, optimizer=config.optimizer,
                              features=config.features,
                              feature_at=config.feature_at, crop=config.crop, flip=flip, mix=config.mix,
-                             ema=config.ema)
+                             ema=config.ema, bn=config.bn)
     function_matching(student, reference, X, settings, torch.Generator().manual_seed(config.seed),
                       progress=context.progress)
+    if config.bn == "train":  # the running statistics followed mixed views: re-estimate them on clean ones
+        report["bnrecal_after"] = guarded_recalibrate(student, reference, X, flip, config.seed)
     student.requires_grad_(True)
     student.distill_report = report
     return student.eval()

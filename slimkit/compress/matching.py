@@ -33,6 +33,7 @@ class MatchSettings:
     weight_decay: float = 0.0
     optimizer: str = "sgd"
     ema: float = 0.0  # decay of an exponential moving average of the weights, returned instead of the last ones (0: off)
+    bn: str = "frozen"  # "frozen": BatchNorm uses its running statistics; "train": batch statistics, running ones updated
 
 
 def last_linear(model):
@@ -126,13 +127,16 @@ def function_matching(student, teacher, X, settings: MatchSettings, gen, params=
     else:
         opt = torch.optim.SGD(params, lr=s.lr, momentum=0.9, nesterov=True, weight_decay=s.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=s.lr, total_steps=s.steps, pct_start=0.15)
-    # before the feature hooks, so the average's copy carries none; BatchNorm statistics are frozen, so
-    # averaging the parameters alone is enough
+    if s.bn not in ("frozen", "train"):
+        raise ValueError(f"bn must be 'frozen' or 'train', got {s.bn!r}")
+    # before the feature hooks, so the average's copy carries none; only the parameters are averaged (with
+    # bn="train" the caller re-estimates the statistics afterwards)
     average = _weight_average(student, s.ema)
     grab_s, grab_t = _feature_hooks(student, teacher, s)
     teacher.eval()
     student.train()
-    _set_bn_eval(student)
+    if s.bn == "frozen":
+        _set_bn_eval(student)
     loss = None
     # Divergence guard: with very few images (K=1) an update can blow up to NaN. Roll back to the last good
     # weights, drop the momentum and halve the learning rate for the rest of the run, rather than return (or

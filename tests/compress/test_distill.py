@@ -237,3 +237,14 @@ def test_layer_solves_take_channels_from_the_last_dim_of_a_linear_on_channel_las
         _, yt = _io(teacher, "fc2", x)
         ref = torch.linalg.lstsq(_rows(out.fc2, xs).double(), _responses(yt, out.fc2).double()).solution
         torch.testing.assert_close(_flat_weight(out.fc2), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_bn_train_re_estimates_the_statistics_after_function_matching():
+    """distill(bn=train) runs the guarded recalibration a second time, after function matching, and reports it."""
+    teacher = tiny_model().eval()
+    data = tiny_data(n_batches=2)
+    ctx = CompressContext(data=data, teacher=teacher)
+    out = distill(hand_pruned(teacher), None, DistillConfig(method="finetune", steps=5, bn="train"), ctx)
+    assert out.distill_report["bnrecal_after"] in ("kept", "rolled back")
+    out = distill(hand_pruned(teacher), None, DistillConfig(method="finetune", steps=5), ctx)
+    assert "bnrecal_after" not in out.distill_report

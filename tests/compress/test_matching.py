@@ -193,3 +193,19 @@ def test_finite_weights_whose_outputs_overflow_are_not_returned():
         assert torch.isfinite(student(_x())).all()
     assert all(torch.isfinite(p).all() for p in student.parameters())
     assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), start.values()))
+
+
+def test_bn_frozen_keeps_the_running_statistics_and_train_updates_them():
+    """bn="frozen" (the default) leaves every BatchNorm buffer bit-identical; bn="train" normalises by batch
+    statistics, so the running ones move; anything else is refused."""
+    teacher = tiny_model().eval()
+    frozen, trained = tiny_model().eval(), tiny_model().eval()
+    start = {k: v.clone() for k, v in frozen.state_dict().items() if "running" in k}
+    for model, bn in ((frozen, "frozen"), (trained, "train")):
+        function_matching(model, teacher, _x(), MatchSettings(steps=5, batch_size=8, bn=bn),
+                          torch.Generator().manual_seed(0))
+    assert start and all(torch.equal(frozen.state_dict()[k], v) for k, v in start.items())
+    assert all(not torch.equal(trained.state_dict()[k], v) for k, v in start.items())
+    assert not trained.training
+    with pytest.raises(ValueError, match="bn must be 'frozen' or 'train'"):
+        function_matching(frozen, teacher, _x(), MatchSettings(steps=1, bn="eval"), torch.Generator())
