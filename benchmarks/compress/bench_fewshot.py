@@ -57,6 +57,13 @@ PQ15_F40 = "pq(sub_dim=2,k=4,ec_iters=4,features=40,target_ratio=15,k_max=32)"  
 BUDGET_F40_B32 = BUDGET_F40.replace("steps=4000", "steps=8000,batch_size=32")
 BUDGET_F40_BNTRAIN = BUDGET_F40.replace("steps=4000", "steps=4000,bn=train")  # round 11: batch statistics in training
 PQ15_F40_3K = PQ15_F40.replace("features=40", "features=40,steps=3000")  # round 11: 3x the codeword fine-tune
+
+def _on_three_draws(name, recipe, note):
+    """Row ``name`` on image draw 0 (K=10) and its twins ``name_s1``, ``name_s2`` on draws 1 and 2."""
+    return {name: (recipe, 10, note),
+            **{f"{name}_s{d}": (recipe, 10, f"{name}, image draw seed {d}", d) for d in (1, 2)}}
+
+
 ROWS = {
     # name: (recipe, K, note). The recipe runs through slimkit.compress(); K=0 = data-free.
     "main": (MAIN, 10, "slimkit's default recipe before block-output features (distill features=0)"),
@@ -185,24 +192,16 @@ ROWS = {
     "best2_budget_macs_f20_adam": (BUDGET_F20.replace("steps=4000", "steps=4000,optimizer=adam,lr=0.001"), 10,
                                    "best2_budget_macs_f20 with Adam at peak lr 0.001 instead of SGD at 0.01"),
     # round 9 (2026-12-05): the block-output MSE weight trend (10 < 20) continued up
-    "best2_budget_macs_f40": (BUDGET_F40, 10, "best2_budget_macs with block-output MSE weight 40 (default 10)"),
-    "best2_budget_macs_f40_s1": (BUDGET_F40, 10, "best2_budget_macs_f40, image draw seed 1", 1),
-    "best2_budget_macs_f40_s2": (BUDGET_F40, 10, "best2_budget_macs_f40, image draw seed 2", 2),
-    "best2_budget_macs_f40_iter": (BUDGET_F40_ITER, 10, "best2_budget_macs_f40 reached in two pruning steps"),
-    "best2_budget_macs_f40_iter_s1": (BUDGET_F40_ITER, 10, "best2_budget_macs_f40_iter, image draw seed 1", 1),
-    "best2_budget_macs_f40_iter_s2": (BUDGET_F40_ITER, 10, "best2_budget_macs_f40_iter, image draw seed 2", 2),
-    # round 11 (2026-12-07): more, smaller updates over the same number of views
-    "best2_budget_macs_f40_b32": (BUDGET_F40_B32, 10, "best2_budget_macs_f40 at batch 32 x 8000 steps (same views)"),
-    "best2_budget_macs_f40_b32_s1": (BUDGET_F40_B32, 10, "best2_budget_macs_f40_b32, image draw seed 1", 1),
-    "best2_budget_macs_f40_b32_s2": (BUDGET_F40_B32, 10, "best2_budget_macs_f40_b32, image draw seed 2", 2),
-    "best2_budget_macs_f40_bntrain": (BUDGET_F40_BNTRAIN, 10, "best2_budget_macs_f40 with BatchNorm in training "
-                                      "mode while function matching, statistics re-estimated after"),
-    "best2_budget_macs_f40_bntrain_s1": (BUDGET_F40_BNTRAIN, 10, "best2_budget_macs_f40_bntrain, image draw seed 1", 1),
-    "best2_budget_macs_f40_synth": (f"{SYNTH},{BUDGET_F40}", 10, "best2_budget_macs_f40 + 256 synthetic images "
-                                    "(BN-statistics inversion) beside the real ones"),
-    "best2_budget_macs_f40_synth_s1": (f"{SYNTH},{BUDGET_F40}", 10, "best2_budget_macs_f40_synth, image draw seed 1", 1),
-    "best2_budget_macs_f40_synth_s2": (f"{SYNTH},{BUDGET_F40}", 10, "best2_budget_macs_f40_synth, image draw seed 2", 2),
-    "best2_budget_macs_f40_bntrain_s2": (BUDGET_F40_BNTRAIN, 10, "best2_budget_macs_f40_bntrain, image draw seed 2", 2),
+    **_on_three_draws("best2_budget_macs_f40", BUDGET_F40,
+                      "best2_budget_macs with block-output MSE weight 40 (default 10)"),
+    **_on_three_draws("best2_budget_macs_f40_iter", BUDGET_F40_ITER, "best2_budget_macs_f40 reached in two pruning steps"),
+    # round 11 (2026-12-07): more, smaller updates over the same number of views; train-mode BatchNorm; synthetic images
+    **_on_three_draws("best2_budget_macs_f40_b32", BUDGET_F40_B32,
+                      "best2_budget_macs_f40 at batch 32 x 8000 steps (same views)"),
+    **_on_three_draws("best2_budget_macs_f40_bntrain", BUDGET_F40_BNTRAIN, "best2_budget_macs_f40 with BatchNorm in "
+                      "training mode while function matching, statistics re-estimated after"),
+    **_on_three_draws("best2_budget_macs_f40_synth", f"{SYNTH},{BUDGET_F40}", "best2_budget_macs_f40 + 256 synthetic "
+                      "images (BN-statistics inversion) beside the real ones"),
     "best2_budget_macs_f80": (BUDGET_MACS.replace("features=10", "features=80"), 10,
                               "best2_budget_macs with block-output MSE weight 80 (default 10)"),
     "best2_budget_macs_synth": (f"{SYNTH},{BUDGET_MACS}", 10, "best2_budget_macs + 256 synthetic images beside the real ones"),
@@ -238,12 +237,9 @@ ROWS = {
     "pq_alloc15_k4_s2": ("pq(sub_dim=2,k=4,ec_iters=4,features=10,target_ratio=15,k_max=32)", 10,
                          "pq_alloc15_k4, image draw seed 2", 2),
     # round 9: the codeword fine-tune with block-output MSE weight 40 (as distill's round-9 rows)
-    "pq_alloc15_k4_f40": (PQ15_F40, 10, "pq_alloc15_k4 with block-output MSE weight 40"),
-    "pq_alloc15_k4_f40_s1": (PQ15_F40, 10, "pq_alloc15_k4_f40, image draw seed 1", 1),
-    "pq_alloc15_k4_f40_s2": (PQ15_F40, 10, "pq_alloc15_k4_f40, image draw seed 2", 2),
-    "pq_alloc15_k4_f40_3k": (PQ15_F40_3K, 10, "pq_alloc15_k4_f40 with 3000 codeword fine-tune steps (default 1000)"),
-    "pq_alloc15_k4_f40_3k_s1": (PQ15_F40_3K, 10, "pq_alloc15_k4_f40_3k, image draw seed 1", 1),
-    "pq_alloc15_k4_f40_3k_s2": (PQ15_F40_3K, 10, "pq_alloc15_k4_f40_3k, image draw seed 2", 2),
+    **_on_three_draws("pq_alloc15_k4_f40", PQ15_F40, "pq_alloc15_k4 with block-output MSE weight 40"),
+    **_on_three_draws("pq_alloc15_k4_f40_3k", PQ15_F40_3K,
+                      "pq_alloc15_k4_f40 with 3000 codeword fine-tune steps (default 1000)"),
     "pq_noft": ("pq(sub_dim=2,k=8,ec_iters=4,steps=0)", 10, "pq, error correction only"),
     "int8": ("int8", 10, "ONNX Runtime static int8"),
 }
