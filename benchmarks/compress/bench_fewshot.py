@@ -57,6 +57,10 @@ PQ15_F40 = "pq(sub_dim=2,k=4,ec_iters=4,features=40,target_ratio=15,k_max=32)"  
 BUDGET_F40_B32 = BUDGET_F40.replace("steps=4000", "steps=8000,batch_size=32")
 BUDGET_F40_BNTRAIN = BUDGET_F40.replace("steps=4000", "steps=4000,bn=train")  # round 11: batch statistics in training
 PQ15_F40_3K = PQ15_F40.replace("features=40", "features=40,steps=3000")  # round 11: 3x the codeword fine-tune
+# round 12: L2-SP, the weights pulled towards where function matching started (Li et al. 2018 use 0.01 and 0.1)
+BUDGET_F40_L2SP = {a: BUDGET_F40.replace("steps=4000", f"steps=4000,anchor={a}") for a in ("0.01", "0.1")}
+# round 12: half of each batch moved one signed-gradient step up the KD loss (step x the input std): more diverse views
+BUDGET_F40_ADV = {a: BUDGET_F40.replace("steps=4000", f"steps=4000,adv={a}") for a in ("0.03", "0.1")}
 
 def _on_three_draws(name, recipe, note):
     """Row ``name`` on image draw 0 (K=10) and its twins ``name_s1``, ``name_s2`` on draws 1 and 2."""
@@ -202,6 +206,15 @@ ROWS = {
                       "training mode while function matching, statistics re-estimated after"),
     **_on_three_draws("best2_budget_macs_f40_synth", f"{SYNTH},{BUDGET_F40}", "best2_budget_macs_f40 + 256 synthetic "
                       "images (BN-statistics inversion) beside the real ones"),
+    # round 12 (2026-12-07): L2-SP towards the pruned, recalibrated student's weights
+    **_on_three_draws("best2_budget_macs_f40_l2sp001", BUDGET_F40_L2SP["0.01"], "best2_budget_macs_f40 with the "
+                      "weights pulled towards their start (L2-SP, anchor=0.01)"),
+    **_on_three_draws("best2_budget_macs_f40_l2sp01", BUDGET_F40_L2SP["0.1"], "best2_budget_macs_f40 with the "
+                      "weights pulled towards their start (L2-SP, anchor=0.1)"),
+    **_on_three_draws("best2_budget_macs_f40_adv003", BUDGET_F40_ADV["0.03"], "best2_budget_macs_f40 with half of "
+                      "each batch adversarial (one signed-gradient step of 0.03 x the input std up the KD loss)"),
+    **_on_three_draws("best2_budget_macs_f40_adv01", BUDGET_F40_ADV["0.1"], "best2_budget_macs_f40 with half of "
+                      "each batch adversarial (one signed-gradient step of 0.1 x the input std up the KD loss)"),
     "best2_budget_macs_f80": (BUDGET_MACS.replace("features=10", "features=80"), 10,
                               "best2_budget_macs with block-output MSE weight 80 (default 10)"),
     "best2_budget_macs_synth": (f"{SYNTH},{BUDGET_MACS}", 10, "best2_budget_macs + 256 synthetic images beside the real ones"),

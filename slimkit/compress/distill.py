@@ -58,6 +58,8 @@ class DistillConfig(PassConfig):
     (``blocks``, the teacher's blocks found by name in the student) or the classifier's input (``penultimate``);
     crop: the function-matching views' crop (``shift``: padded shift, ``resized``: random-resized crop);
     ema: decay of an exponential moving average of the fine-tuned weights, returned instead of the last ones (0: off);
+    anchor: L2-SP weight pulling the weights towards those function matching started from (0: off);
+    adv: half of each batch moved one signed-gradient step (adv x the input std) up the KD loss (0: off);
     bn: ``frozen`` (BatchNorm normalises with its running statistics while function matching) or ``train``
     (batch statistics; the running ones are re-estimated on the clean images afterwards, guarded as bnrecal);
     mix: mixup/cutmix between the images; flip: horizontal flips (``auto``: when the teacher says mirrored
@@ -92,6 +94,8 @@ class DistillConfig(PassConfig):
     feature_at: Literal["penultimate", "blocks"] = "blocks"
     crop: Literal["shift", "resized", "none"] = "shift"
     ema: float = 0.0
+    anchor: float = 0.0
+    adv: float = 0.0
     bn: Literal["frozen", "train"] = "frozen"
     mix: Literal["none", "mixup", "cutmix", "both"] = "both"
     flip: Literal["auto", "on", "off"] = "auto"
@@ -106,6 +110,8 @@ class DistillConfig(PassConfig):
             raise ValueError("distill: ridge >= 0, views >= 1 and steps >= 0 are required")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"distill: ema must be in [0, 1) (0: off), got {self.ema}")
+        if self.anchor < 0 or self.adv < 0:
+            raise ValueError(f"distill: anchor and adv must be >= 0 (0: off), got {self.anchor}, {self.adv}")
 
 
 def few_shot(data, k, seed):
@@ -537,7 +543,7 @@ def distill(model, example_inputs, config, context=None):
                              temperature=config.temperature, loss=config.loss, optimizer=config.optimizer,
                              features=config.features,
                              feature_at=config.feature_at, crop=config.crop, flip=flip, mix=config.mix,
-                             ema=config.ema, bn=config.bn)
+                             ema=config.ema, bn=config.bn, anchor=config.anchor, adv=config.adv)
     function_matching(student, reference, X, settings, torch.Generator().manual_seed(config.seed),
                       progress=context.progress)
     if config.bn == "train":  # the running statistics followed mixed views: re-estimate them on clean ones

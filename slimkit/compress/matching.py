@@ -34,6 +34,8 @@ class MatchSettings:
     optimizer: str = "sgd"
     ema: float = 0.0  # decay of an exponential moving average of the weights, returned instead of the last ones (0: off)
     bn: str = "frozen"  # "frozen": BatchNorm uses its running statistics; "train": batch statistics, running ones updated
+    anchor: float = 0.0  # L2-SP: weight of 0.5 * ||w - w_start||^2 over the trained parameters (0: off)
+    adv: float = 0.0  # half of each batch moved one signed-gradient step up the KD loss, step = adv * input std (0: off)
 
 
 def last_linear(model):
@@ -100,6 +102,15 @@ def kd_loss(student_out, teacher_out, temperature, kind="kl"):
                             reduction="batchmean", log_target=True)
 
 
+def adversarial_views(student, teacher_out, x, step, temperature=1.0, kind="kl"):
+    """``x`` moved one signed-gradient step of ``step`` x its std up the KD loss to ``teacher_out``: views where
+    the student disagrees most with the teacher (Heo et al., AAAI 2019, distil on samples near the teacher's
+    decision boundary); only the input receives a gradient."""
+    xa = x.detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(kd_loss(student(xa), teacher_out, temperature, kind), xa)
+    return (x + step * x.std() * g.sign()).detach()
+
+
 def _weight_average(model, decay):
     """torch's AveragedModel with an EMA of the parameters, or None when ``decay`` is 0."""
     if not 0.0 <= decay < 1.0:
@@ -129,6 +140,11 @@ def function_matching(student, teacher, X, settings: MatchSettings, gen, params=
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=s.lr, total_steps=s.steps, pct_start=0.15)
     if s.bn not in ("frozen", "train"):
         raise ValueError(f"bn must be 'frozen' or 'train', got {s.bn!r}")
+    if s.anchor < 0 or s.adv < 0:
+        raise ValueError(f"anchor and adv must be >= 0 (0: off), got {s.anchor}, {s.adv}")
+    # L2-SP (Li et al., ICML 2018): pull the weights towards where fine-tuning started, not towards zero, so the
+    # few images' views move the student less far from the teacher-derived weights
+    anchors = [p.detach().clone() for p in params] if s.anchor > 0 else None
     # before the feature hooks, so the average's copy carries none; only the parameters are averaged (with
     # bn="train" the caller re-estimates the statistics afterwards)
     average = _weight_average(student, s.ema)
@@ -147,6 +163,11 @@ def function_matching(student, teacher, X, settings: MatchSettings, gen, params=
         for step in tqdm(range(s.steps), desc=f"{desc}: function matching", disable=not progress, leave=False):
             idx = torch.randint(0, len(X), (s.batch_size,), generator=gen)  # views differ, so a batch may exceed the image count
             x = views(X[idx], gen, s.crop, s.flip, s.mix, s.alpha)
+            if s.adv > 0:  # the first half replaced; the teacher then labels the whole batch (its feature hooks too)
+                h = max(1, len(x) // 2)
+                with torch.no_grad():
+                    t_half = teacher(x[:h])
+                x = torch.cat([adversarial_views(student, t_half, x[:h], s.adv, s.temperature, s.loss), x[h:]])
             with torch.no_grad():
                 t_out = teacher(x)
             out = student(x)
@@ -162,6 +183,10 @@ def function_matching(student, teacher, X, settings: MatchSettings, gen, params=
                     good = copy.deepcopy(student.state_dict())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if anchors is not None:  # the gradient of anchor/2 * ||w - w_start||^2, added in place
+                    for p, a in zip(params, anchors):
+                        if p.grad is not None:
+                            p.grad.add_(p.detach() - a, alpha=s.anchor)
                 opt.step()
                 broken = not all(torch.isfinite(p).all() for p in params)
             sched.step()

@@ -126,6 +126,69 @@ def test_ema_returns_the_moving_average_of_the_weights_each_step_left():
         function_matching(student, teacher, _x(), MatchSettings(steps=2, ema=1.0), torch.Generator())
 
 
+def test_anchor_adds_the_l2sp_gradient_towards_the_start_weights():
+    """anchor=a: each step's gradient is the loss's gradient (read by a tensor hook) plus a (w - w_start), to
+    float32 rounding; the first step equals the plain run's; the student ends nearer its start."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    teacher, student = tiny_model().eval(), tiny_model().eval()
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    start, plain = [p.detach().clone() for p in student.parameters()], copy.deepcopy(student)
+    loss_grads, gaps = {}, []
+    hooks = [p.register_hook(lambda g, i=i: loss_grads.__setitem__(i, g.clone()))
+             for i, p in enumerate(student.parameters())]
+
+    def check(opt, args, kwargs):
+        ps = list(student.parameters())
+        gaps.append(max(float((p.grad - loss_grads[i] - 0.5 * (p.detach() - start[i])).abs().max())
+                        for i, p in enumerate(ps)))
+
+    handle = register_optimizer_step_pre_hook(check)
+    try:
+        function_matching(student, teacher, _x(), MatchSettings(steps=10, lr=0.05, batch_size=8, anchor=0.5),
+                          torch.Generator().manual_seed(0))
+    finally:
+        handle.remove()
+        for h in hooks:
+            h.remove()
+    assert len(gaps) == 10 and max(gaps) < 1e-6
+    function_matching(plain, teacher, _x(), MatchSettings(steps=10, lr=0.05, batch_size=8),
+                      torch.Generator().manual_seed(0))
+    drift = lambda m: sum(float((p.detach() - s).pow(2).sum()) for p, s in zip(m.parameters(), start))  # noqa: E731
+    assert drift(student) < drift(plain)
+    with pytest.raises(ValueError, match="anchor and adv must be >= 0"):
+        function_matching(student, teacher, _x(), MatchSettings(steps=2, anchor=-1.0), torch.Generator())
+
+
+
+def test_adversarial_views_raise_the_kd_loss_and_leave_the_weights_alone():
+    """adversarial_views: each pixel moves by exactly step x std; the student's KD loss to the teacher rises;
+    no parameter gets a gradient. adv>0 runs function matching and ends with finite, moved weights."""
+    from slimkit.compress.matching import adversarial_views, kd_loss
+
+    teacher, student = tiny_model().eval(), tiny_model().eval()
+    with torch.no_grad():  # a student that disagrees with the teacher (an identical one has a zero KD gradient)
+        for p in student.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    x = _x()[:8]
+    with torch.no_grad():
+        t_out = teacher(x)
+    xa = adversarial_views(student, t_out, x, 0.05)
+    moved = (xa - x).abs()
+    assert torch.allclose(moved[moved > 0], torch.tensor(0.05 * float(x.std())), rtol=1e-4)
+    assert float((moved > 0).float().mean()) > 0.9
+    assert all(p.grad is None for p in student.parameters())
+    with torch.no_grad():
+        assert kd_loss(student(xa), t_out, 1.0) > kd_loss(student(x), t_out, 1.0)
+    before = copy.deepcopy(student)
+    function_matching(student, teacher, _x(), MatchSettings(steps=5, lr=0.05, batch_size=8, adv=0.05, features=1,
+                                                            feature_at="blocks"), torch.Generator().manual_seed(0))
+    assert all(torch.isfinite(p).all() for p in student.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(student.parameters(), before.parameters()))
+
+
 def test_mse_loss_is_the_high_temperature_limit_of_the_scaled_kl():
     """loss=mse is the logits' mean squared error; T^2 KL at T=1000 equals half of it (within 0.5%) when the
     logit differences have zero mean per sample (float64: in float32 the KL's rounding dominates); an unknown
