@@ -3,8 +3,8 @@
     python benchmarks/compress/bench_match_step.py --train ../shared/data/cifar10_train.npz \
         --checkpoint ../shared/data/resnet20_cifar10.th --rounds 3
 
-Each round runs every variant for ``--steps`` steps on 100 training images (block-output MSE weight 40, batch
-64, 1 torch thread) and records process CPU time per step; rounds interleave the variants so that load on a
+Each round runs every variant for ``--steps`` steps on bench_fewshot's 10 images per class (draw 0; block-output
+MSE weight 40, batch 64, 1 torch thread) and records process CPU time per step; rounds interleave the variants so that load on a
 shared machine hits them alike. Prints the median [min, max] per variant and its ratio to ``frozen``.
 """
 import argparse
@@ -12,15 +12,15 @@ import copy
 import statistics
 import time
 
-import numpy as np
 import torch
+
+from bench_fewshot import splits, teacher as load_teacher
 
 VARIANTS = {"frozen": {}, "bn=train": {"bn": "train"}, "anchor=0.01": {"anchor": 0.01}, "adv=0.1": {"adv": 0.1}}
 
 
 def main():
     from slimkit.compress.matching import MatchSettings, function_matching
-    from slimkit.models import create_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", default="../shared/data/cifar10_train.npz")
@@ -29,11 +29,8 @@ def main():
     ap.add_argument("--steps", type=int, default=40)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    teacher = create_model("resnet20", checkpoint=args.checkpoint).eval()
-    x = torch.tensor(np.load(args.train)["x"][:100]).float()
-    if x.shape[-1] == 3:
-        x = x.permute(0, 3, 1, 2)
-    x = (x / 255.0 - 0.5) / 0.25  # the cost does not depend on the exact normalisation
+    teacher = load_teacher(args.checkpoint)
+    (x, _), _ = splits(args.train, k=10)
     student = copy.deepcopy(teacher)
     with torch.no_grad():  # a student that differs from the teacher, as after pruning
         for p in student.parameters():

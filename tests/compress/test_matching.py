@@ -13,6 +13,15 @@ def _x():
     return torch.cat([b[0] for b in tiny_data(n_batches=2)])
 
 
+def _teacher_and_disagreeing_student():
+    """The tiny model and a seeded perturbation of it: a student identical to its teacher has a zero KD gradient."""
+    teacher, student = tiny_model().eval(), tiny_model().eval()
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    return teacher, student
+
+
 def test_divergence_rolls_back_to_finite_weights_and_warns():
     teacher, student = tiny_model().eval(), tiny_model().eval()
     with pytest.warns(UserWarning, match=r"diverged \d+ time\(s\); rolled back"):
@@ -102,10 +111,7 @@ def test_ema_returns_the_moving_average_of_the_weights_each_step_left():
     after each optimizer step (recorded by a step hook), to float32 rounding."""
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
-    teacher, student = tiny_model().eval(), tiny_model().eval()
-    with torch.no_grad():  # a student that differs from the teacher, so the weights move
-        for p in student.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    teacher, student = _teacher_and_disagreeing_student()
     snaps = []
     handle = register_optimizer_step_post_hook(
         lambda opt, args, kwargs: snaps.append([p.detach().clone() for p in student.parameters()]))
@@ -128,22 +134,18 @@ def test_ema_returns_the_moving_average_of_the_weights_each_step_left():
 
 def test_anchor_adds_the_l2sp_gradient_towards_the_start_weights():
     """anchor=a: each step's gradient is the loss's gradient (read by a tensor hook) plus a (w - w_start), to
-    float32 rounding; the first step equals the plain run's; the student ends nearer its start."""
+    float32 rounding; the student ends nearer its start than without the anchor."""
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-    teacher, student = tiny_model().eval(), tiny_model().eval()
-    with torch.no_grad():
-        for p in student.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    teacher, student = _teacher_and_disagreeing_student()
     start, plain = [p.detach().clone() for p in student.parameters()], copy.deepcopy(student)
     loss_grads, gaps = {}, []
     hooks = [p.register_hook(lambda g, i=i: loss_grads.__setitem__(i, g.clone()))
              for i, p in enumerate(student.parameters())]
 
     def check(opt, args, kwargs):
-        ps = list(student.parameters())
         gaps.append(max(float((p.grad - loss_grads[i] - 0.5 * (p.detach() - start[i])).abs().max())
-                        for i, p in enumerate(ps)))
+                        for i, p in enumerate(student.parameters())))
 
     handle = register_optimizer_step_pre_hook(check)
     try:
@@ -162,16 +164,12 @@ def test_anchor_adds_the_l2sp_gradient_towards_the_start_weights():
         function_matching(student, teacher, _x(), MatchSettings(steps=2, anchor=-1.0), torch.Generator())
 
 
-
 def test_adversarial_views_raise_the_kd_loss_and_leave_the_weights_alone():
     """adversarial_views: each pixel moves by exactly step x std; the student's KD loss to the teacher rises;
     no parameter gets a gradient. adv>0 runs function matching and ends with finite, moved weights."""
     from slimkit.compress.matching import adversarial_views, kd_loss
 
-    teacher, student = tiny_model().eval(), tiny_model().eval()
-    with torch.no_grad():  # a student that disagrees with the teacher (an identical one has a zero KD gradient)
-        for p in student.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    teacher, student = _teacher_and_disagreeing_student()
     x = _x()[:8]
     with torch.no_grad():
         t_out = teacher(x)
