@@ -36,7 +36,7 @@ from slimkit.compress.base import PassConfig, register_pass
 from slimkit.compress.bnrecal import batchnorms, recalibrate
 from slimkit.compress.im2col import input_rows, output_rows
 from slimkit.compress.importance import gram_solve
-from slimkit.compress.matching import MatchSettings, function_matching
+from slimkit.compress.matching import MatchSettings, function_matching, usable_tta
 from slimkit.compress.recon import Quadratic, greedy_select, solve
 from slimkit.compress.views import flip_safe, random_views
 from slimkit.errors import SlimkitError
@@ -60,6 +60,8 @@ class DistillConfig(PassConfig):
     ema: decay of an exponential moving average of the fine-tuned weights, returned instead of the last ones (0: off);
     anchor: L2-SP weight pulling the weights towards those function matching started from (0: off);
     adv: half of each batch moved one signed-gradient step (adv x the input std) up the KD loss (0: off);
+    tta: ``flip``: the target (logits and features) is the teacher's mean on each view and its mirror image (a
+    two-view ensemble; only where flips are used), ``flip_logits``: only the logits averaged, ``none``: the view's;
     bn: ``frozen`` (BatchNorm normalises with its running statistics while function matching) or ``train``
     (batch statistics; the running ones are re-estimated on the clean images afterwards, guarded as bnrecal);
     mix: mixup/cutmix between the images; flip: horizontal flips (``auto``: when the teacher says mirrored
@@ -96,6 +98,7 @@ class DistillConfig(PassConfig):
     ema: float = 0.0
     anchor: float = 0.0
     adv: float = 0.0
+    tta: Literal["none", "flip", "flip_logits"] = "none"
     bn: Literal["frozen", "train"] = "frozen"
     mix: Literal["none", "mixup", "cutmix", "both"] = "both"
     flip: Literal["auto", "on", "off"] = "auto"
@@ -543,7 +546,8 @@ def distill(model, example_inputs, config, context=None):
                              temperature=config.temperature, loss=config.loss, optimizer=config.optimizer,
                              features=config.features,
                              feature_at=config.feature_at, crop=config.crop, flip=flip, mix=config.mix,
-                             ema=config.ema, bn=config.bn, anchor=config.anchor, adv=config.adv)
+                             ema=config.ema, bn=config.bn, anchor=config.anchor, adv=config.adv,
+                             tta=usable_tta(config.tta, flip, "distill"))
     function_matching(student, reference, X, settings, torch.Generator().manual_seed(config.seed),
                       progress=context.progress)
     if config.bn == "train":  # the running statistics followed mixed views: re-estimate them on clean ones

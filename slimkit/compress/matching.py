@@ -36,6 +36,9 @@ class MatchSettings:
     bn: str = "frozen"  # "frozen": BatchNorm uses its running statistics; "train": batch statistics, running ones updated
     anchor: float = 0.0  # L2-SP: weight of 0.5 * ||w - w_start||^2 over the trained parameters (0: off)
     adv: float = 0.0  # half of each batch moved one signed-gradient step up the KD loss, step = adv * input std (0: off)
+    # "flip": the target (logits and matched features) is the mean of the teacher on each view and on its mirror
+    # image; "flip_logits": only the logits are averaged, the features stay the view's
+    tta: str = "none"
 
 
 def last_linear(model):
@@ -111,6 +114,31 @@ def adversarial_views(student, teacher_out, x, step, temperature=1.0, kind="kl")
     return (x + step * x.std() * g.sign()).detach()
 
 
+def usable_tta(tta, flip, desc):
+    """``tta`` where the views are flipped; "none", with a warning, where mirrored images may change class."""
+    if tta != "none" and not flip:
+        warnings.warn(f"{desc}: tta={tta} not used: flips are off for these images (flip=off, or the teacher says "
+                      "mirrored images change class)", UserWarning, stacklevel=3)
+        return "none"
+    return tta
+
+
+def _mirror_mean(teacher, x, out, grab, features=True):
+    """The teacher on ``x`` (``out``, its feature hooks in ``grab``) averaged with the teacher on ``x`` mirrored:
+    a two-view test-time ensemble as the target. Spatial features of the mirrored pass are mirrored back so both
+    views' maps line up; the mean of the penultimate features is then the input of the mean logits' classifier.
+    ``features=False`` keeps the view's own features."""
+    plain = dict(grab.values)
+    out = 0.5 * (out + teacher(x.flip(3)))
+    for n, v in plain.items():
+        w = grab.values.get(n)
+        if features and torch.is_tensor(v) and torch.is_tensor(w) and v.shape == w.shape:
+            grab.values[n] = 0.5 * (v + (w.flip(3) if w.dim() == 4 else w))
+        else:
+            grab.values[n] = v
+    return out
+
+
 def _weight_average(model, decay):
     """torch's AveragedModel with an EMA of the parameters, or None when ``decay`` is 0."""
     if not 0.0 <= decay < 1.0:
@@ -142,6 +170,10 @@ def function_matching(student, teacher, X, settings: MatchSettings, gen, params=
         raise ValueError(f"bn must be 'frozen' or 'train', got {s.bn!r}")
     if s.anchor < 0 or s.adv < 0:
         raise ValueError(f"anchor and adv must be >= 0 (0: off), got {s.anchor}, {s.adv}")
+    if s.tta not in ("none", "flip", "flip_logits"):
+        raise ValueError(f"tta must be 'none', 'flip' or 'flip_logits', got {s.tta!r}")
+    if s.tta != "none" and X.dim() != 4:
+        raise ValueError(f"tta={s.tta!r} mirrors images [N, C, H, W]; got inputs of shape {tuple(X.shape)}")
     # L2-SP (Li et al., ICML 2018): pull the weights towards where fine-tuning started, not towards zero, so the
     # few images' views move the student less far from the teacher-derived weights
     anchors = [p.detach().clone() for p in params] if s.anchor > 0 else None
@@ -170,6 +202,8 @@ def function_matching(student, teacher, X, settings: MatchSettings, gen, params=
                 x = torch.cat([adversarial_views(student, t_half, x[:h], s.adv, s.temperature, s.loss), x[h:]])
             with torch.no_grad():
                 t_out = teacher(x)
+                if s.tta != "none":
+                    t_out = _mirror_mean(teacher, x, t_out, grab_t, features=s.tta == "flip")
             out = student(x)
             loss = kd_loss(out, t_out, s.temperature, s.loss)
             terms = [F.mse_loss(fs, ft.detach()) / ft.detach().pow(2).mean().clamp_min(1e-12)

@@ -37,7 +37,8 @@ class PQConfig(PassConfig):
     ec_iters: error-correction sweeps (0 = plain k-means PQ; every image position of the data is
     used through the response statistics); lut: linear layers use the lookup-table path; steps/lr:
     codeword fine-tune by function matching on the few-shot data (skipped without data); features: weight of
-    the teacher's block outputs in it."""
+    the teacher's block outputs in it; tta: its target (see distill: ``flip`` averages the teacher over each view
+    and its mirror image)."""
 
     name = "pq"
     lossless = False
@@ -49,6 +50,7 @@ class PQConfig(PassConfig):
     lut: bool = True
     steps: int = 1000  # codeword fine-tune by function matching (needs data; 0 = none)
     features: float = 0.0  # weight of the block-output MSE in that fine-tune (see distill)
+    tta: Literal["none", "flip", "flip_logits"] = "none"
     lr: float = 1e-4  # Adam: a codeword's gradient sums over every weight that uses it, so SGD steps blew up
     # > 0: give each layer k, 2k, ... up to k_max codewords (0: 4k, at most 256), chosen by measured sensitivity
     # (the KL to the original's outputs with that layer alone quantized) under conv+linear weights this many
@@ -403,11 +405,12 @@ def _allocate(model, names, batches, config, images=256):
 
 def _finetune_codewords(student, teacher, context, config, X, gen):
     """Function matching on codebooks, biases and norm affine parameters; assignments stay fixed."""
-    from slimkit.compress.matching import MatchSettings, function_matching
+    from slimkit.compress.matching import MatchSettings, function_matching, usable_tta
     from slimkit.compress.views import flip_safe
 
     teacher = teacher.eval()
-    settings = MatchSettings(steps=config.steps, lr=config.lr, flip=flip_safe(teacher, X), optimizer="adam",
-                             features=config.features, feature_at="blocks")
+    flip = flip_safe(teacher, X)
+    settings = MatchSettings(steps=config.steps, lr=config.lr, flip=flip, optimizer="adam",
+                             features=config.features, feature_at="blocks", tta=usable_tta(config.tta, flip, "pq"))
     function_matching(student, teacher, X, settings, gen, progress=context.progress, desc="pq")
     student.requires_grad_(True)

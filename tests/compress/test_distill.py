@@ -248,3 +248,21 @@ def test_bn_train_re_estimates_the_statistics_after_function_matching():
     assert out.distill_report["bnrecal_after"] in ("kept", "rolled back")
     out = distill(hand_pruned(teacher), None, DistillConfig(method="finetune", steps=5), ctx)
     assert "bnrecal_after" not in out.distill_report
+
+
+def test_tta_is_not_used_where_flips_are_off():
+    """distill(tta=flip) with flip=off warns once and runs the plain target: the same weights as tta=none."""
+    teacher = tiny_model().eval()
+    x, y = next(iter(tiny_data(n_batches=1)))
+    runs = {}
+    for tta in ("none", "flip"):
+        cfg = DistillConfig(method="finetune", bnrecal=False, k=None, steps=3, batch_size=4, flip="off", tta=tta,
+                            features=0)
+        ctx = CompressContext(teacher=teacher, data=(x, y), progress=False)
+        if tta == "flip":
+            with pytest.warns(UserWarning, match="tta=flip not used: flips are off"):
+                runs[tta] = distill(hand_pruned(teacher), x[:1], cfg, ctx)
+        else:
+            runs[tta] = distill(hand_pruned(teacher), x[:1], cfg, ctx)
+    assert all(torch.equal(a, b) for a, b in zip(runs["none"].state_dict().values(),
+                                                   runs["flip"].state_dict().values()))

@@ -187,6 +187,56 @@ def test_adversarial_views_raise_the_kd_loss_and_leave_the_weights_alone():
     assert any(not torch.equal(a, b) for a, b in zip(student.parameters(), before.parameters()))
 
 
+def test_mirror_mean_target_is_invariant_to_mirroring_and_its_block_maps_equivariant():
+    """tta: the target logits are the mean of the teacher on x and on x mirrored (1e-6), so they are the same
+    for x and its mirror image; block maps of the mirrored pass are mirrored back, so the target map of the
+    mirrored input is the mirrored target map (exact up to float rounding); features=False keeps the view's
+    own maps. In function matching tta moves the student and finishes finite; a wrong value or non-image
+    inputs are refused."""
+    from slimkit.compress.matching import _feature_hooks, _mirror_mean
+
+    teacher = _two_blocks()
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    x = torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    s = MatchSettings(features=1.0, feature_at="blocks")
+    targets = {}
+    for name, xi in (("x", x), ("mirror", x.flip(3))):
+        grabs = _feature_hooks(student, teacher, s)
+        grab = grabs[1]  # the teacher's
+        try:
+            with torch.no_grad():
+                out = teacher(xi)
+                plain = dict(grab.values)
+                mean = _mirror_mean(teacher, xi, out, grab)
+                targets[name] = (mean, dict(grab.values), plain)
+                grab.values.update(plain)
+                _mirror_mean(teacher, xi, out, grab, features=False)
+                assert all(torch.equal(grab.values[n], plain[n]) for n in plain)
+                torch.testing.assert_close(mean, 0.5 * (teacher(xi) + teacher(xi.flip(3))), rtol=0, atol=1e-6)
+        finally:
+            for g in grabs:
+                g.remove()
+    (m0, f0, p0), (m1, f1, _) = targets["x"], targets["mirror"]
+    assert sorted(f0) == ["1", "2"] and all(f0[n].dim() == 4 for n in f0)
+    torch.testing.assert_close(m0, m1, rtol=0, atol=1e-5)
+    for n in f0:
+        torch.testing.assert_close(f1[n], f0[n].flip(3), rtol=0, atol=1e-5)
+        assert not torch.allclose(f0[n], p0[n], atol=1e-3)  # the tiny net is not mirror-equivariant: the mean moved
+    before = copy.deepcopy(student)
+    function_matching(student, teacher, x, MatchSettings(steps=5, lr=0.05, batch_size=8, tta="flip", features=1,
+                                                         feature_at="blocks"), torch.Generator().manual_seed(0))
+    assert all(torch.isfinite(p).all() for p in student.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(student.parameters(), before.parameters()))
+    with pytest.raises(ValueError, match="tta must be"):
+        function_matching(student, teacher, x, MatchSettings(steps=1, tta="rotate"), torch.Generator())
+    with pytest.raises(ValueError, match=r"mirrors images \[N, C, H, W\]"):
+        function_matching(torch.nn.Linear(4, 2), torch.nn.Linear(4, 2), torch.randn(8, 4),
+                          MatchSettings(steps=1, tta="flip"), torch.Generator())
+
+
 def test_mse_loss_is_the_high_temperature_limit_of_the_scaled_kl():
     """loss=mse is the logits' mean squared error; T^2 KL at T=1000 equals half of it (within 0.5%) when the
     logit differences have zero mean per sample (float64: in float32 the KL's rounding dominates); an unknown

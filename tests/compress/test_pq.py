@@ -122,7 +122,9 @@ def test_codebooks_train_and_stay_in_storage_precision():
     assert q.conv1.packed_state()["codebooks"].dtype == torch.float16
 
 
-def test_codeword_finetune_moves_towards_the_teacher_with_assignments_fixed():
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_codeword_finetune_moves_towards_the_teacher_with_assignments_fixed(tta):
+    """With tta=flip the target is the teacher's two-view mean: the fine-tune still brings the outputs closer."""
     from slimkit.compress.matching import kd_loss
 
     model = tiny_model()
@@ -132,7 +134,7 @@ def test_codeword_finetune_moves_towards_the_teacher_with_assignments_fixed():
     x = torch.cat([b[0] for b in data])
     ctx = CompressContext(teacher=model, data=data, progress=False)
     base = pq(model, x[:1], PQConfig(k=2, sub_dim=4, ec_iters=0, steps=0), ctx)
-    tuned = pq(model, x[:1], PQConfig(k=2, sub_dim=4, ec_iters=0, steps=80, lr=0.01), ctx)
+    tuned = pq(model, x[:1], PQConfig(k=2, sub_dim=4, ec_iters=0, steps=80, lr=0.01, tta=tta), ctx)
     for a, b in zip(base.modules(), tuned.modules()):
         if isinstance(a, (PQConv2d, PQLinear)):
             assert torch.equal(a.indices, b.indices) and a.storage_bytes() == b.storage_bytes()
