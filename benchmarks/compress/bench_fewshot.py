@@ -61,6 +61,8 @@ PQ15_F40_3K = PQ15_F40.replace("features=40", "features=40,steps=3000")  # round
 BUDGET_F40_L2SP = {a: BUDGET_F40.replace("steps=4000", f"steps=4000,anchor={a}") for a in ("0.01", "0.1")}
 # round 12: half of each batch moved one signed-gradient step up the KD loss (step x the input std): more diverse views
 BUDGET_F40_ADV = {a: BUDGET_F40.replace("steps=4000", f"steps=4000,adv={a}") for a in ("0.03", "0.1")}
+# round 13: the per-layer widths chosen by each candidate's error after BatchNorm re-estimation (EagleEye's adaptive BN)
+BUDGET_F40_RECAL = BUDGET_F40.replace("coupled=false)", "coupled=false,recal=true)", 1)
 # round 13: the target a two-view ensemble (the teacher on each view and its mirror image), run on all 3 draws at once
 # (features too, or the logits only; draw 0 of each, the one better on validation then on draws 1 / 2)
 BUDGET_F40_TTA = {t: BUDGET_F40.replace("steps=4000", f"steps=4000,tta={t}") for t in ("flip", "flip_logits")}
@@ -223,6 +225,8 @@ ROWS = {
                       "mean over each view and its mirror image as the target (logits and block outputs)"),
     **_on_three_draws("best2_budget_macs_f40_ttalogits", BUDGET_F40_TTA["flip_logits"], "best2_budget_macs_f40 with "
                       "the teacher's mean over each view and its mirror image as the logits' target"),
+    **_on_three_draws("best2_budget_macs_f40_recal", BUDGET_F40_RECAL, "best2_budget_macs_f40 with the widths chosen "
+                      "by the candidates' errors after BatchNorm re-estimation (budget recal=true)"),
     "best2_budget_macs_f80": (BUDGET_MACS.replace("features=10", "features=80"), 10,
                               "best2_budget_macs with block-output MSE weight 80 (default 10)"),
     "best2_budget_macs_synth": (f"{SYNTH},{BUDGET_MACS}", 10, "best2_budget_macs + 256 synthetic images beside the real ones"),

@@ -9,6 +9,7 @@ used, and without either the pass refuses.
 
 Example: ``compress(model, x, "prune(macs=0.5,coupled=false),bnrecal", data=(X, Y))``.
 """
+import contextlib
 import copy
 from dataclasses import dataclass
 from typing import Literal
@@ -47,14 +48,12 @@ def batchnorms(model):
     return [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
 
 
-@torch.no_grad()
-def recalibrate(model, X, passes=8, batch_size=64, augment=True, flip=True, seed=0):
-    """In place: every BatchNorm's running mean/var = the cumulative average over the batches of ``passes``
-    rounds of (augmented) ``X``. Returns the number of BatchNorm layers reset."""
+@contextlib.contextmanager
+def collecting_statistics(model):
+    """Inside: every BatchNorm of ``model`` starts from reset statistics and keeps the cumulative average of the
+    batch statistics of each forward (the rest of the model in eval mode); after: modes and momenta restored.
+    Yields the number of BatchNorm layers reset."""
     bns = batchnorms(model)
-    if not bns:
-        return 0
-    gen = torch.Generator().manual_seed(seed)
     saved = [(m.momentum, m.training) for m in bns]
     was_training = model.training
     model.eval()
@@ -63,6 +62,23 @@ def recalibrate(model, X, passes=8, batch_size=64, augment=True, flip=True, seed
         m.momentum = None  # cumulative moving average: every batch counts the same
         m.train()
     try:
+        with torch.no_grad():
+            yield len(bns)
+    finally:
+        for m, (mom, tr) in zip(bns, saved):
+            m.momentum = mom
+            m.train(tr)
+        model.train(was_training)
+
+
+@torch.no_grad()
+def recalibrate(model, X, passes=8, batch_size=64, augment=True, flip=True, seed=0):
+    """In place: every BatchNorm's running mean/var = the cumulative average over the batches of ``passes``
+    rounds of (augmented) ``X``. Returns the number of BatchNorm layers reset."""
+    if not batchnorms(model):
+        return 0
+    gen = torch.Generator().manual_seed(seed)
+    with collecting_statistics(model) as n:
         for _ in range(passes):
             order = torch.randperm(len(X), generator=gen)
             for idx in order.split(batch_size):
@@ -70,12 +86,7 @@ def recalibrate(model, X, passes=8, batch_size=64, augment=True, flip=True, seed
                     continue
                 xb = X[idx]
                 model(random_views(xb, gen, True, flip) if augment else xb)
-    finally:
-        for m, (mom, tr) in zip(bns, saved):
-            m.momentum = mom
-            m.train(tr)
-        model.train(was_training)
-    return len(bns)
+    return n
 
 
 def recovery_images(context, what):

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from slimkit.compress import lowrank as lr
 from slimkit.compress.base import CompressContext, PassConfig, register_pass
+from slimkit.compress.bnrecal import batchnorms, collecting_statistics
 from slimkit.compress.drop import candidate_blocks, replace
 from slimkit.compress.prune import Pruner, calibration_examples
 from slimkit.model_io import Example, select_output
@@ -54,7 +55,10 @@ class BudgetConfig(PassConfig):
     ``criterion`` ranks channels inside a layer (prune); ``steps``: levels per layer in the sweep;
     ``runtime``: the latency runtime ``target_latency_ms`` is timed in; ``blocks``: also consider dropping whole
     residual blocks (prune only); ``coupled``: as prune's; ``of``: what a fractional target is a fraction of
-    (``input``: this pass's input model; ``original``: the model given to ``compress``)."""
+    (``input``: this pass's input model; ``original``: the model given to ``compress``); ``recal``: measure each
+    candidate's error after re-estimating its BatchNorm statistics on the calibration inputs (adaptive BN, as
+    EagleEye ranks pruned candidates: stale statistics overstate the damage of pruning early layers); the model
+    returned keeps its statistics either way."""
 
     name = "budget"
     lossless = False
@@ -70,6 +74,7 @@ class BudgetConfig(PassConfig):
     blocks: bool = False
     coupled: bool = True  # prune only; False leaves channels shared across adds (a ResNet's stream) intact
     of: Literal["input", "original"] = "input"
+    recal: bool = False
 
     def __post_init__(self):
         given = [t for t in (self.target_macs, self.target_bytes, self.target_latency_ms) if t is not None]
@@ -139,13 +144,18 @@ class _Metric:
 
 
 class _Sensitivity:
-    def __init__(self, model, batches, output=None):
-        self.batches, self.output = batches, output
+    def __init__(self, model, batches, output=None, recal=False):
+        self.batches, self.output, self.recal = batches, output, recal
         with torch.no_grad():
             self.ref = [select_output(b(model), output)[0] for b in batches]
 
     @torch.no_grad()
     def __call__(self, model):
+        if self.recal and batchnorms(model):  # on a copy: the candidate itself is not changed
+            model = copy.deepcopy(model)
+            with collecting_statistics(model):
+                for b in self.batches:
+                    b(model)
         num = den = 0.0
         for b, r in zip(self.batches, self.ref):
             num += float((select_output(b(model), self.output)[0] - r).pow(2).sum())
@@ -256,7 +266,7 @@ def budget(model, example_inputs, config=BudgetConfig(target_macs=0.5), context=
     x = Example.of(example_inputs)
     model = copy.deepcopy(model).eval()
     metric = _Metric(config, model, x, context.teacher)
-    sens = _Sensitivity(model, calibration_examples(x, context, config.calib_batches), context.output)
+    sens = _Sensitivity(model, calibration_examples(x, context, config.calib_batches), context.output, config.recal)
     run = _budget_prune if config.method == "prune" else _budget_lowrank
     out, levels, value, met = run(model, x, config, context, metric, sens)
     context.extras["budget"] = {"metric": metric.kind, "target": metric.target, "achieved": value, "met": met,

@@ -11,7 +11,9 @@ def kendall_tau(a, b) -> float:
     if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
         raise ValueError(f"kendall_tau needs two 1-D sequences of equal length >= 2, got {a.shape} and {b.shape}")
     i, j = np.triu_indices(len(a), k=1)
-    da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
+    # comparisons, not signs of differences: equal infinite scores (a zero-cost score's -inf) are ties
+    da = (a[i] > a[j]).astype(float) - (a[i] < a[j])
+    db = (b[i] > b[j]).astype(float) - (b[i] < b[j])
     concordant_minus_discordant = float((da * db).sum())
     n_a, n_b = float((da != 0).sum()), float((db != 0).sum())
     if n_a == 0 or n_b == 0:

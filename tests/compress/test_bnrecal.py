@@ -4,7 +4,7 @@ from torch import nn
 
 from _tiny_resnet import tiny_data, tiny_model
 from slimkit.compress.base import CompressContext
-from slimkit.compress.bnrecal import BNRecalConfig, bnrecal, recalibrate
+from slimkit.compress.bnrecal import BNRecalConfig, bnrecal, collecting_statistics, recalibrate
 from slimkit.compress.views import flip_safe, mix, random_views
 
 
@@ -30,6 +30,22 @@ def test_statistics_are_those_of_the_data_without_augmentation():
         y = model[0](x)
     torch.testing.assert_close(model[1].running_mean, y.mean((0, 2, 3)), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(model[1].running_var, y.var((0, 2, 3), unbiased=True), rtol=1e-4, atol=1e-5)
+
+
+def test_collecting_statistics_averages_every_batch_and_restores_the_modes():
+    """Inside, BatchNorm is in training mode with reset statistics and a cumulative average (two batches of equal
+    size count the same, 1e-5); after, its mode and momentum are back and the model is in eval mode."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4, momentum=0.3)).eval()
+    a, b = torch.randn(8, 3, 6, 6), torch.randn(8, 3, 6, 6) * 3 + 1
+    with collecting_statistics(model) as n:
+        assert n == 1 and model[1].training and not model[0].training
+        model(a), model(b)
+    with torch.no_grad():
+        ya, yb = model[0](a), model[0](b)
+    torch.testing.assert_close(model[1].running_mean, 0.5 * (ya.mean((0, 2, 3)) + yb.mean((0, 2, 3))),
+                               rtol=1e-5, atol=1e-5)
+    assert not model.training and not model[1].training and model[1].momentum == 0.3
 
 
 def test_views_keep_shapes_and_values():

@@ -165,6 +165,35 @@ def test_budget_after_drop_aims_at_the_original_through_compress():
     assert target["met"] and count_macs(res.model, x) <= 0.5 * count_macs(model, x)
 
 
+def test_budget_recal_measures_candidates_after_re_estimating_their_statistics():
+    """recal=true: a candidate whose only fault is stale BatchNorm statistics measures as error 0 (its statistics
+    re-estimated on the calibration inputs, on a copy: the candidate keeps its own), where recal=false sees the
+    fault; through the pass the MAC target is met."""
+    import copy
+
+    from slimkit.compress.bnrecal import collecting_statistics
+    from slimkit.compress.budget import _Sensitivity
+    from slimkit.model_io import Example
+
+    model, x = _model(), torch.randn(16, 3, 8, 8)
+    with collecting_statistics(model):  # the reference holds the calibration inputs' own statistics
+        model(x)
+    batches = [Example.of(x)]
+    stale = copy.deepcopy(model)
+    with torch.no_grad():
+        for m in stale.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.add_(0.5)
+                m.running_var.mul_(2.0)
+    before = state_copy(stale)
+    assert _Sensitivity(model, batches, recal=True)(stale) < 1e-5
+    assert _Sensitivity(model, batches)(stale) > 0.05
+    assert_untouched(stale, before)
+    ctx = CompressContext(progress=False)
+    out = budget(model, x, BudgetConfig(target_macs=0.6, steps=4, recal=True), ctx)
+    assert ctx.extras["budget"]["met"] and count_macs(out, x) <= 0.6 * count_macs(model, x)
+
+
 def test_budget_config_errors():
     with pytest.raises(ValueError, match="exactly one"):
         BudgetConfig()

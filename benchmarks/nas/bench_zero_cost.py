@@ -1,0 +1,186 @@
+"""A zero-cost score beside the supernet on NAS-Bench-201: how well NASWOT ranks the cells bench_rank.py ranks.
+
+Scores the same ``--cells`` cells (fixed sample of the 15,625) with ``slimkit.nas.zero_cost.naswot``: the
+published network (C=16, N=5) at initialisation, one batch of ``--batch`` training images (cifar10_train.npz;
+no test image), per seed a new initialisation and batch. Reports, against the 200-epoch CIFAR-10 test accuracy
+of nats_bench_tss.csv: Kendall tau, Spearman rho, top-10 overlap and the true accuracy of the top-scored cell
+(random search with N = --cells); and for every supernet run of ``--rank-dirs`` (bench_rank.py's estimates) the
+same for the mean of the two ranks (supernet estimate, NASWOT score of the run's seed), equal weights. Then, per
+``--search-seeds``, bench_rank.py's evolution (same population and generations) over all 15,625 cells with NASWOT
+as the fitness, and the ground truth of its pick. Resumable (scores and search states cached per seed):
+
+    python benchmarks/nas/bench_zero_cost.py --seeds 0,1,2
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import cifar_subsets  # noqa: E402
+from bench_rank import DATA, OPTIMUM, sampled_cells  # noqa: E402
+
+from slimkit.nas import get_space  # noqa: E402
+from slimkit.nas.ranking import kendall_tau, read_nats_tss, spearman_rho, topk_overlap  # noqa: E402
+from slimkit.nas.zero_cost import naswot  # noqa: E402
+from slimkit.profile.analysis import cpu_name  # noqa: E402
+
+RESULTS = os.path.join(ROOT, "benchmarks", "results", "nas")
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=os.path.join(DATA, "cifar10_train.npz"))
+    p.add_argument("--gt", default=os.path.join(DATA, "nats_bench_tss.csv"))
+    p.add_argument("--cells", type=int, default=200)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--batch", type=int, default=128, help="images per score (the authors' 128)")
+    p.add_argument("--C", type=int, default=16)
+    p.add_argument("--N", type=int, default=5)
+    p.add_argument("--rank-dirs", default=",".join(os.path.join(RESULTS, d) for d in ("rank", "rank_ws5000")))
+    p.add_argument("--search-seeds", default="0,1,2", help="evolution on NASWOT over the whole space ('' = none)")
+    p.add_argument("--search-population", type=int, default=20)
+    p.add_argument("--search-generations", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=os.path.join(RESULTS, "zero_cost"))
+    return p.parse_args(argv)
+
+
+def _ranks(v):
+    v = np.asarray(v, dtype=float)
+    r = np.empty(len(v))
+    r[np.argsort(v, kind="mergesort")] = np.arange(len(v))
+    return r
+
+
+def metrics(score, truth):
+    best = int(np.argmax(score))
+    return {"kendall_tau": kendall_tau(score, truth), "spearman": spearman_rho(score, truth),
+            "top10_overlap": topk_overlap(score, truth, 10), "top_truth": truth[best]}
+
+
+def score_cells(args, seed, cells, gt, images):
+    path = os.path.join(args.out, f"naswot_s{seed}.json")
+    done = json.load(open(path)) if os.path.exists(path) else {}
+    space = get_space("nb201", C=args.C, N=args.N)
+    x = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:args.batch]]
+    from tqdm import tqdm
+
+    for k in tqdm([c for c in cells if str(c) not in done], desc=f"naswot seed {seed}"):
+        torch.manual_seed(1000 * seed + k)
+        t0 = time.process_time()
+        s = naswot(space.build(space.arch(space.decode_body(gt[k]["arch"]))), x)
+        done[str(k)] = {"score": s, "cpu_s": time.process_time() - t0}
+        if len(done) % 20 == 0:
+            json.dump(done, open(path, "w"))
+    json.dump(done, open(path, "w"))
+    return done
+
+
+def search(args, seed, gt, images):
+    """Evolution with NASWOT (seed's batch, per-cell initialisation) as the fitness; the pick's ground truth."""
+    from slimkit.nas.search import Search, SearchConfig
+
+    space = get_space("nb201", C=args.C, N=args.N)
+    index = {r["arch"]: r["index"] for r in gt}
+    x = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:args.batch]]
+    cpu = []
+
+    def fitness(arch):
+        body = arch.encode().split(":", 1)[1].split("?")[0]
+        torch.manual_seed(1000 * seed + index[body])
+        t0 = time.process_time()
+        score = naswot(space.build(arch), x)
+        cpu.append(time.process_time() - t0)
+        return score if np.isfinite(score) else -1e9  # the search sorts numbers; -inf = no distinct codes
+
+    cfg = SearchConfig("evolution", args.search_population, args.search_generations, parents=10,
+                       mutations=args.search_population // 2, crossovers=args.search_population // 2, seed=seed)
+    result = Search(space, fitness, None, {}, cfg, os.path.join(args.out, f"search_state_s{seed}.json")).run(
+        progress=True)
+    body = result.best["spec"].split(":", 1)[1].split("?")[0]
+    return {"seed": seed, "best_spec": result.best["spec"], "best_score": result.best["accuracy"],
+            "best_truth": gt[index[body]]["cifar10"], "evaluated": len(result.history),
+            "cpu_s": sum(cpu)}
+
+
+def main(argv=None):
+    args = parse(argv)
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.out, exist_ok=True)
+    gt = read_nats_tss(args.gt)
+    cells = sampled_cells(gt, args.cells)
+    truth = [gt[k]["cifar10"] for k in cells]
+    images = cifar_subsets(args.data, 2000, 10)[0]  # training images only
+    seeds = [int(s) for s in args.seeds.split(",")]
+    scores = {s: score_cells(args, s, cells, gt, images) for s in seeds}
+    rows = []
+    for s in seeds:
+        sc = [scores[s][str(k)]["score"] for k in cells]
+        rows.append({"what": "NASWOT", "seed": s, **metrics(sc, truth),
+                     "cpu_s_per_cell": statistics.fmean(scores[s][str(k)]["cpu_s"] for k in cells)})
+    for d in args.rank_dirs.split(","):
+        for name in sorted(os.listdir(d)):
+            est_path = os.path.join(d, name, "estimates.json")
+            if not os.path.exists(est_path):
+                continue
+            est = json.load(open(est_path))
+            if any(str(k) not in est for k in cells):
+                continue
+            method, seed = name.rsplit("_s", 1)
+            e = [est[str(k)]["estimate"] for k in cells]
+            z = [scores[seeds[int(seed) % len(seeds)]][str(k)]["score"] for k in cells]
+            label = f"{'DI-WS' if method == 'di' else 'plain WS'} ({os.path.basename(d)})"
+            rows.append({"what": label, "seed": int(seed), **metrics(e, truth)})
+            rows.append({"what": label + " + NASWOT", "seed": int(seed), **metrics(_ranks(e) + _ranks(z), truth)})
+    summary = []
+    for what in dict.fromkeys(r["what"] for r in rows):
+        rs = [r for r in rows if r["what"] == what]
+        agg = {"what": what, "runs": len(rs)}
+        for key in ("kendall_tau", "spearman", "top10_overlap", "top_truth"):
+            vals = [r[key] for r in rs]
+            agg[key], agg[key + "_sd"] = statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        agg["top_truth_each"] = [round(r["top_truth"], 2) for r in rs]
+        agg["within_1pt"] = sum(r["top_truth"] >= OPTIMUM - 1 for r in rs)
+        summary.append(agg)
+    searches = [search(args, int(s), gt, images) for s in args.search_seeds.split(",") if s.strip()]
+    env = {"cpu": cpu_name(), "torch": torch.__version__, "threads": args.threads, "cells": args.cells,
+           "batch": args.batch, "C": args.C, "N": args.N, "best_in_sample": max(truth), "optimum": OPTIMUM}
+    json.dump({"settings": env, "summary": summary, "runs": rows, "searches": searches}, open(os.path.join(args.out, "zero_cost.json"), "w"),
+              indent=1)
+    lines = [f"# NASWOT beside the supernet on NAS-Bench-201 ({args.cells} cells)", "",
+             f"{env['cpu']}, torch {env['torch']}, {args.threads} thread(s); NASWOT on the C={args.C}, N={args.N} "
+             f"network at initialisation, batch {args.batch} of training images. Best of the {args.cells} cells by "
+             f"ground truth: {max(truth):.2f}% (space optimum {OPTIMUM}%). '+ NASWOT': the mean of the two ranks.", "",
+             "| ranking | runs | Kendall tau | Spearman rho | top-10 overlap | truth of the top cell % (each run) | "
+             f"within 1 pt of {OPTIMUM} |", "|---|---:|---|---|---|---|---:|"]
+    for a in summary:
+        lines.append(f"| {a['what']} | {a['runs']} | {a['kendall_tau']:.3f} +- {a['kendall_tau_sd']:.3f} | "
+                     f"{a['spearman']:.3f} +- {a['spearman_sd']:.3f} | {a['top10_overlap']:.2f} | "
+                     f"{a['top_truth']:.2f} +- {a['top_truth_sd']:.2f} ({', '.join(map(str, a['top_truth_each']))}) | "
+                     f"{a['within_1pt']} of {a['runs']} |")
+    if searches:
+        lines += ["", f"Evolution with NASWOT as the fitness over all 15,625 cells (population {args.search_population}, "
+                  f"{args.search_generations} generations, as bench_rank.py's search on the supernet):", "",
+                  "| seed | pick (truth %) | within 1 pt | cells scored | CPU s |", "|---:|---|---|---:|---:|"]
+        for r in searches:
+            spec = r["best_spec"].split("?")[0].replace("|", "\\|")  # a table cell: the cell string's bars escaped
+            lines.append(f"| {r['seed']} | `{spec}` ({r['best_truth']:.2f}) | "
+                         f"{'yes' if r['best_truth'] >= OPTIMUM - 1 else 'no'} | {r['evaluated']} | {r['cpu_s']:.0f} |")
+    cpu = statistics.fmean(r["cpu_s_per_cell"] for r in rows if r["what"] == "NASWOT")
+    lines += ["", f"NASWOT costs {cpu:.2f} CPU-s per cell (one forward of the batch); command: "
+              f"`python benchmarks/nas/bench_zero_cost.py --seeds {args.seeds}`"]
+    open(os.path.join(args.out, "zero_cost.md"), "w").write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
