@@ -67,11 +67,16 @@ def metrics(score, truth):
             "top10_overlap": topk_overlap(score, truth, 10), "top_truth": truth[best]}
 
 
+def seed_batch(images, seed, n):
+    """The ``n`` images a seed scores with (its cell scores and its search see the same batch)."""
+    return images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]]
+
+
 def score_cells(args, seed, cells, gt, images):
     path = os.path.join(args.out, f"naswot_s{seed}.json")
     done = json.load(open(path)) if os.path.exists(path) else {}
     space = get_space("nb201", C=args.C, N=args.N)
-    x = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:args.batch]]
+    x = seed_batch(images, seed, args.batch)
     from tqdm import tqdm
 
     for k in tqdm([c for c in cells if str(c) not in done], desc=f"naswot seed {seed}"):
@@ -91,7 +96,7 @@ def search(args, seed, gt, images):
 
     space = get_space("nb201", C=args.C, N=args.N)
     index = {r["arch"]: r["index"] for r in gt}
-    x = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:args.batch]]
+    x = seed_batch(images, seed, args.batch)
     cpu = []
 
     def fitness(arch):

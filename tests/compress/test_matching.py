@@ -13,9 +13,10 @@ def _x():
     return torch.cat([b[0] for b in tiny_data(n_batches=2)])
 
 
-def _teacher_and_disagreeing_student():
-    """The tiny model and a seeded perturbation of it: a student identical to its teacher has a zero KD gradient."""
-    teacher, student = tiny_model().eval(), tiny_model().eval()
+def _teacher_and_disagreeing_student(make=tiny_model):
+    """A model from ``make`` and a seeded perturbation of it: a student identical to its teacher has a zero KD
+    gradient."""
+    teacher, student = make().eval(), make().eval()
     with torch.no_grad():
         for p in student.parameters():
             p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
@@ -195,11 +196,7 @@ def test_mirror_mean_target_is_invariant_to_mirroring_and_its_block_maps_equivar
     inputs are refused."""
     from slimkit.compress.matching import _feature_hooks, _mirror_mean
 
-    teacher = _two_blocks()
-    student = copy.deepcopy(teacher)
-    with torch.no_grad():
-        for p in student.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    teacher, student = _teacher_and_disagreeing_student(_two_blocks)
     x = torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(0))
     s = MatchSettings(features=1.0, feature_at="blocks")
     targets = {}
