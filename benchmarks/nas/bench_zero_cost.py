@@ -29,7 +29,7 @@ from _common import cifar_subsets  # noqa: E402
 from bench_rank import DATA, OPTIMUM, sampled_cells  # noqa: E402
 
 from slimkit.nas import get_space  # noqa: E402
-from slimkit.nas.ranking import kendall_tau, read_nats_tss, spearman_rho, topk_overlap  # noqa: E402
+from slimkit.nas.ranking import kendall_tau, ranks, read_nats_tss, spearman_rho, topk_overlap  # noqa: E402
 from slimkit.nas.zero_cost import naswot  # noqa: E402
 from slimkit.profile.analysis import cpu_name  # noqa: E402
 
@@ -52,13 +52,6 @@ def parse(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=os.path.join(RESULTS, "zero_cost"))
     return p.parse_args(argv)
-
-
-def _ranks(v):
-    v = np.asarray(v, dtype=float)
-    r = np.empty(len(v))
-    r[np.argsort(v, kind="mergesort")] = np.arange(len(v))
-    return r
 
 
 def metrics(score, truth):
@@ -112,9 +105,17 @@ def search(args, seed, gt, images):
     result = Search(space, fitness, None, {}, cfg, os.path.join(args.out, f"search_state_s{seed}.json")).run(
         progress=True)
     body = result.best["spec"].split(":", 1)[1].split("?")[0]
-    return {"seed": seed, "best_spec": result.best["spec"], "best_score": result.best["accuracy"],
-            "best_truth": gt[index[body]]["cifar10"], "evaluated": len(result.history),
-            "cpu_s": sum(cpu)}
+    out = {"seed": seed, "best_spec": result.best["spec"], "best_score": result.best["accuracy"],
+           "best_truth": gt[index[body]]["cifar10"], "evaluated": len(result.history), "cpu_s": sum(cpu)}
+    if len(cpu) < len(result.history):  # resumed: the scoring CPU of earlier runs is in the last results file
+        earlier = [r for r in _earlier_searches(args) if r["seed"] == seed and r["best_spec"] == out["best_spec"]]
+        out["cpu_s"] = earlier[0]["cpu_s"] if earlier and not cpu else float("nan")
+    return out
+
+
+def _earlier_searches(args):
+    path = os.path.join(args.out, "zero_cost.json")
+    return json.load(open(path)).get("searches", []) if os.path.exists(path) else []
 
 
 def main(argv=None):
@@ -145,7 +146,7 @@ def main(argv=None):
             z = [scores[seeds[int(seed) % len(seeds)]][str(k)]["score"] for k in cells]
             label = f"{'DI-WS' if method == 'di' else 'plain WS'} ({os.path.basename(d)})"
             rows.append({"what": label, "seed": int(seed), **metrics(e, truth)})
-            rows.append({"what": label + " + NASWOT", "seed": int(seed), **metrics(_ranks(e) + _ranks(z), truth)})
+            rows.append({"what": label + " + NASWOT", "seed": int(seed), **metrics(ranks(e) + ranks(z), truth)})
     summary = []
     for what in dict.fromkeys(r["what"] for r in rows):
         rs = [r for r in rows if r["what"] == what]

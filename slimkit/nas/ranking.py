@@ -21,19 +21,19 @@ def kendall_tau(a, b) -> float:
     return concordant_minus_discordant / np.sqrt(n_a * n_b)
 
 
-def spearman_rho(a, b) -> float:
-    def ranks(x):
-        x = np.asarray(x, dtype=float)
-        order = np.argsort(x, kind="mergesort")
-        r = np.empty(len(x))
-        r[order] = np.arange(len(x))
-        for v in np.unique(x):  # average ranks of ties
-            m = x == v
-            r[m] = r[m].mean()
-        return r
+def ranks(x) -> np.ndarray:
+    """0-based ranks, ascending, tied values (equal infinities included) sharing their mean rank."""
+    x = np.asarray(x, dtype=float)
+    r = np.empty(len(x))
+    r[np.argsort(x, kind="mergesort")] = np.arange(len(x))
+    for v in np.unique(x):
+        m = x == v
+        r[m] = r[m].mean()
+    return r
 
-    ra, rb = ranks(a), ranks(b)
-    return float(np.corrcoef(ra, rb)[0, 1])
+
+def spearman_rho(a, b) -> float:
+    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
 
 
 def topk_overlap(estimate, truth, k=10) -> float:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from slimkit.nas import get_space
-from slimkit.nas.ranking import kendall_tau, read_nats_tss, spearman_rho, topk_overlap
+from slimkit.nas.ranking import kendall_tau, ranks, read_nats_tss, spearman_rho, topk_overlap
 
 
 def test_kendall_tau_by_hand():
@@ -14,6 +14,13 @@ def test_kendall_tau_by_hand():
     assert kendall_tau([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     # tau-b with a tie in a: n0 = 6 pairs, 1 tied in a; C - D = 5 -> 5 / sqrt(5 * 6)
     assert kendall_tau([1, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(5 / np.sqrt(30))
+
+
+def test_ranks_average_ties_including_infinities():
+    # ascending 0-based ranks; the two -inf (a zero-cost score's duplicate codes) share (0 + 1) / 2
+    assert ranks([3.0, -np.inf, 1.0, -np.inf, 3.0]).tolist() == [3.5, 0.5, 2.0, 0.5, 3.5]
+    assert spearman_rho([-np.inf, -np.inf, 1.0, 2.0], [0, 1, 2, 3]) == pytest.approx(
+        np.corrcoef([0.5, 0.5, 2, 3], [0, 1, 2, 3])[0, 1])
 
 
 def test_metrics_match_scipy():
