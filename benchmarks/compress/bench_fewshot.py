@@ -227,6 +227,10 @@ ROWS = {
                       "the teacher's mean over each view and its mirror image as the logits' target"),
     **_on_three_draws("best2_budget_macs_f40_recal", BUDGET_F40_RECAL, "best2_budget_macs_f40 with the widths chosen "
                       "by the candidates' errors after BatchNorm re-estimation (budget recal=true)"),
+    # round 14 (2026-12-08): the accuracy-vs-K curve redone with the current recipe (block-output MSE weight 40)
+    "best2_budget_macs_f40_k5": (BUDGET_F40, 5, "accuracy vs K, best recipe (weight 40)"),
+    "best2_budget_macs_f40_k1": (BUDGET_F40, 1, "accuracy vs K, best recipe (weight 40)"),
+    "best2_budget_macs_f40_datafree": (f"{SYNTH},{BUDGET_F40}", 0, "best recipe (weight 40), synthetic images only"),
     "best2_budget_macs_f80": (BUDGET_MACS.replace("features=10", "features=80"), 10,
                               "best2_budget_macs with block-output MSE weight 80 (default 10)"),
     "best2_budget_macs_synth": (f"{SYNTH},{BUDGET_MACS}", 10, "best2_budget_macs + 256 synthetic images beside the real ones"),

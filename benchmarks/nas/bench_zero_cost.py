@@ -7,9 +7,11 @@ of nats_bench_tss.csv: Kendall tau, Spearman rho, top-10 overlap and the true ac
 (random search with N = --cells); and for every supernet run of ``--rank-dirs`` (bench_rank.py's estimates) the
 same for the mean of the two ranks (supernet estimate, NASWOT score of the run's seed), equal weights. Then, per
 ``--search-seeds``, bench_rank.py's evolution (same population and generations) over all 15,625 cells with NASWOT
-as the fitness, and the ground truth of its pick. Resumable (scores and search states cached per seed):
+as the fitness, and the ground truth of its pick; per ``--combined-seeds``, the same evolution with the rank mean
+of NASWOT and the DI supernet as the fitness (needs bench_rank.py's supernet.pt of that seed). Resumable (scores
+and search states cached per seed):
 
-    python benchmarks/nas/bench_zero_cost.py --seeds 0,1,2
+    python benchmarks/nas/bench_zero_cost.py --seeds 0,1,2 [--combined-seeds 0,1,2]
 """
 import argparse
 import json
@@ -47,6 +49,9 @@ def parse(argv=None):
     p.add_argument("--N", type=int, default=5)
     p.add_argument("--rank-dirs", default=",".join(os.path.join(RESULTS, d) for d in ("rank", "rank_ws5000")))
     p.add_argument("--search-seeds", default="0,1,2", help="evolution on NASWOT over the whole space ('' = none)")
+    p.add_argument("--combined-seeds", default="", help="evolution on the DI supernet + NASWOT percentile mean "
+                   "(needs the rank runs' supernet.pt; '' = none)")
+    p.add_argument("--combined-dir", default=os.path.join(RESULTS, "rank"))
     p.add_argument("--search-population", type=int, default=20)
     p.add_argument("--search-generations", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
@@ -83,33 +88,102 @@ def score_cells(args, seed, cells, gt, images):
     return done
 
 
-def search(args, seed, gt, images):
-    """Evolution with NASWOT (seed's batch, per-cell initialisation) as the fitness; the pick's ground truth."""
-    from slimkit.nas.search import Search, SearchConfig
+def _body(arch_or_spec):
+    spec = arch_or_spec if isinstance(arch_or_spec, str) else arch_or_spec.encode()
+    return spec.split(":", 1)[1].split("?")[0]
 
+
+def _naswot_of(args, seed, gt, images):
+    """``score(arch)``: NASWOT on the seed's batch, the network initialised per cell as in score_cells."""
     space = get_space("nb201", C=args.C, N=args.N)
     index = {r["arch"]: r["index"] for r in gt}
     x = seed_batch(images, seed, args.batch)
+
+    def score(arch):
+        torch.manual_seed(1000 * seed + index[_body(arch)])
+        return naswot(space.build(arch), x)
+    return score
+
+
+def _evolve(args, seed, gt, fitness, state, kind):
+    """bench_rank.py's evolution over all 15,625 cells with ``fitness``; the pick's ground truth and scoring CPU."""
+    from slimkit.nas.search import Search, SearchConfig
+
+    space = get_space("nb201", C=args.C, N=args.N)
+    truth = {r["arch"]: r["cifar10"] for r in gt}
     cpu = []
 
-    def fitness(arch):
-        body = arch.encode().split(":", 1)[1].split("?")[0]
-        torch.manual_seed(1000 * seed + index[body])
+    def timed(arch):
         t0 = time.process_time()
-        score = naswot(space.build(arch), x)
+        f = fitness(arch)
         cpu.append(time.process_time() - t0)
-        return score if np.isfinite(score) else -1e9  # the search sorts numbers; -inf = no distinct codes
+        return f if np.isfinite(f) else -1e9  # the search sorts numbers; -inf = no distinct codes
 
     cfg = SearchConfig("evolution", args.search_population, args.search_generations, parents=10,
                        mutations=args.search_population // 2, crossovers=args.search_population // 2, seed=seed)
-    result = Search(space, fitness, None, {}, cfg, os.path.join(args.out, f"search_state_s{seed}.json")).run(
-        progress=True)
-    body = result.best["spec"].split(":", 1)[1].split("?")[0]
-    out = {"seed": seed, "best_spec": result.best["spec"], "best_score": result.best["accuracy"],
-           "best_truth": gt[index[body]]["cifar10"], "evaluated": len(result.history), "cpu_s": sum(cpu)}
+    result = Search(space, timed, None, {}, cfg, os.path.join(args.out, state)).run(progress=True)
+    out = {"seed": seed, "kind": kind, "best_spec": result.best["spec"], "best_score": result.best["accuracy"],
+           "best_truth": truth[_body(result.best["spec"])], "evaluated": len(result.history), "cpu_s": sum(cpu)}
     if len(cpu) < len(result.history):  # resumed: the scoring CPU of earlier runs is in the last results file
-        earlier = [r for r in _earlier_searches(args) if r["seed"] == seed and r["best_spec"] == out["best_spec"]]
+        earlier = [r for r in _earlier_searches(args) if r["seed"] == seed and r.get("kind", "naswot") == kind
+                   and r["best_spec"] == out["best_spec"]]
         out["cpu_s"] = earlier[0]["cpu_s"] if earlier and not cpu else float("nan")
+    return out
+
+
+def search(args, seed, gt, images):
+    """Evolution with NASWOT (seed's batch, per-cell initialisation) as the fitness."""
+    return _evolve(args, seed, gt, _naswot_of(args, seed, gt, images), f"search_state_s{seed}.json", "naswot")
+
+
+def _percentile(reference):
+    """``p(v)``: the fraction of ``reference`` below v, ties counted half (the rank mean's scale for new cells)."""
+    ref = np.sort(np.asarray(reference, dtype=float))
+    return lambda v: (np.searchsorted(ref, v, "left") + np.searchsorted(ref, v, "right")) / (2.0 * len(ref))
+
+
+def combined_search(args, seed, gt, images, cells, scores):
+    """Evolution whose fitness is the mean of two percentiles against the same ``--cells`` reference cells: the
+    cell's NASWOT score among theirs, and its estimate in the DI supernet of ``--combined-dir``/di_s<seed> among
+    theirs (the '+ NASWOT' rank mean, extended to cells outside the sample). Needs that run's supernet.pt
+    (re-trained by bench_rank.py where it is gone); the supernet's tau on the reference cells is reported."""
+    import bench_rank
+    from slimkit.nas.supernet import ArchEvaluator
+
+    run_dir = os.path.join(args.combined_dir, f"di_s{seed}")
+    ckpt = os.path.join(run_dir, "supernet.pt")
+    if not os.path.exists(ckpt):
+        print(f"combined search, seed {seed}: no {ckpt}; re-train it with "
+              f"python benchmarks/nas/bench_rank.py run --method di --seed {seed} (about 470 CPU-s)")
+        return None
+    rargs = bench_rank.parse(["run", "--data", args.data])
+    small = get_space("nb201", C=rargs.C, N=rargs.N)
+    supernet = small.supernet(10)
+    supernet.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
+    _, _, calib, vx, vy = bench_rank.data(rargs)
+    estimate = ArchEvaluator(supernet, calib, vx, vy)
+    # the reference cells' estimates in this supernet, cached: a re-trained supernet (bench_rank.py does not
+    # commit supernet.pt) differs from the ranked run in float rounding, so its own estimates are the scale
+    path = os.path.join(args.out, f"combined_estimates_s{seed}.json")
+    est = json.load(open(path)) if os.path.exists(path) else {}
+    from tqdm import tqdm
+
+    for k in tqdm([c for c in cells if str(c) not in est], desc=f"supernet estimates, seed {seed}"):
+        est[str(k)] = estimate(small.arch(small.decode_body(gt[k]["arch"])))
+        if len(est) % 20 == 0:
+            json.dump(est, open(path, "w"))
+    json.dump(est, open(path, "w"))
+    p_est = _percentile([est[str(k)] for k in cells])
+    p_zc = _percentile([scores[seed][str(k)]["score"] for k in cells])
+    score = _naswot_of(args, seed, gt, images)
+
+    def fitness(arch):
+        return 0.5 * (p_zc(score(arch)) + p_est(estimate(small.arch(small.decode_body(_body(arch))))))
+
+    out = _evolve(args, seed, gt, fitness, f"search_combined_state_s{seed}.json", "di+naswot")
+    truth = [gt[k]["cifar10"] for k in cells]
+    e, z = [est[str(k)] for k in cells], [scores[seed][str(k)]["score"] for k in cells]
+    out.update(supernet_tau=kendall_tau(e, truth), rank_mean_tau=kendall_tau(ranks(e) + ranks(z), truth))
     return out
 
 
@@ -158,6 +232,8 @@ def main(argv=None):
         agg["within_1pt"] = sum(r["top_truth"] >= OPTIMUM - 1 for r in rs)
         summary.append(agg)
     searches = [search(args, int(s), gt, images) for s in args.search_seeds.split(",") if s.strip()]
+    searches += [r for r in (combined_search(args, int(s), gt, images, cells, scores)
+                             for s in args.combined_seeds.split(",") if s.strip()) if r is not None]
     env = {"cpu": cpu_name(), "torch": torch.__version__, "threads": args.threads, "cells": args.cells,
            "batch": args.batch, "C": args.C, "N": args.N, "best_in_sample": max(truth), "optimum": OPTIMUM}
     json.dump({"settings": env, "summary": summary, "runs": rows, "searches": searches}, open(os.path.join(args.out, "zero_cost.json"), "w"),
@@ -174,16 +250,21 @@ def main(argv=None):
                      f"{a['top_truth']:.2f} +- {a['top_truth_sd']:.2f} ({', '.join(map(str, a['top_truth_each']))}) | "
                      f"{a['within_1pt']} of {a['runs']} |")
     if searches:
-        lines += ["", f"Evolution with NASWOT as the fitness over all 15,625 cells (population {args.search_population}, "
-                  f"{args.search_generations} generations, as bench_rank.py's search on the supernet):", "",
-                  "| seed | pick (truth %) | within 1 pt | cells scored | CPU s |", "|---:|---|---|---:|---:|"]
+        lines += ["", f"Evolution over all 15,625 cells (population {args.search_population}, "
+                  f"{args.search_generations} generations, as bench_rank.py's search on the supernet); fitness "
+                  "'naswot': the NASWOT score; 'di+naswot': the mean of the cell's two percentiles among the "
+                  f"{args.cells} reference cells (NASWOT score; estimate in the DI supernet of the same seed):", "",
+                  "| fitness | seed | pick (truth %) | within 1 pt | cells scored | CPU s |", "|---|---:|---|---|---:|---:|"]
         for r in searches:
             spec = r["best_spec"].split("?")[0].replace("|", "\\|")  # a table cell: the cell string's bars escaped
-            lines.append(f"| {r['seed']} | `{spec}` ({r['best_truth']:.2f}) | "
+            kind = r.get("kind", "naswot") + (f" (supernet tau {r['supernet_tau']:.3f}, rank mean {r['rank_mean_tau']:.3f})"
+                                              if "supernet_tau" in r else "")
+            lines.append(f"| {kind} | {r['seed']} | `{spec}` ({r['best_truth']:.2f}) | "
                          f"{'yes' if r['best_truth'] >= OPTIMUM - 1 else 'no'} | {r['evaluated']} | {r['cpu_s']:.0f} |")
     cpu = statistics.fmean(r["cpu_s_per_cell"] for r in rows if r["what"] == "NASWOT")
     lines += ["", f"NASWOT costs {cpu:.2f} CPU-s per cell (one forward of the batch); command: "
-              f"`python benchmarks/nas/bench_zero_cost.py --seeds {args.seeds}`"]
+              f"`python benchmarks/nas/bench_zero_cost.py --seeds {args.seeds}"
+              + (f" --combined-seeds {args.combined_seeds}`" if args.combined_seeds else "`")]
     open(os.path.join(args.out, "zero_cost.md"), "w").write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
