@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import cifar_subsets  # noqa: E402
 from bench_rank import DATA, OPTIMUM, sampled_cells  # noqa: E402
 
+from slimkit._io import atomic_write, write_text  # noqa: E402
 from slimkit.nas import get_space  # noqa: E402
 from slimkit.nas.ranking import kendall_tau, ranks, read_nats_tss, spearman_rho, topk_overlap  # noqa: E402
 from slimkit.nas.zero_cost import naswot  # noqa: E402
@@ -83,9 +84,14 @@ def score_cells(args, seed, cells, gt, images):
         s = naswot(space.build(space.arch(space.decode_body(gt[k]["arch"]))), x)
         done[str(k)] = {"score": s, "cpu_s": time.process_time() - t0}
         if len(done) % 20 == 0:
-            json.dump(done, open(path, "w"))
-    json.dump(done, open(path, "w"))
+            _write_json(path, done)
+    _write_json(path, done)
     return done
+
+
+def _write_json(path, obj, **kw):
+    with atomic_write(path) as f:  # an interrupted run leaves the last complete cache, never half a file
+        json.dump(obj, f, **kw)
 
 
 def _body(arch_or_spec):
@@ -171,10 +177,10 @@ def combined_search(args, seed, gt, images, cells, scores):
     for k in tqdm([c for c in cells if str(c) not in est], desc=f"supernet estimates, seed {seed}"):
         est[str(k)] = estimate(small.arch(small.decode_body(gt[k]["arch"])))
         if len(est) % 20 == 0:
-            json.dump(est, open(path, "w"))
-    json.dump(est, open(path, "w"))
-    p_est = _percentile([est[str(k)] for k in cells])
-    p_zc = _percentile([scores[seed][str(k)]["score"] for k in cells])
+            _write_json(path, est)
+    _write_json(path, est)
+    e, z = [est[str(k)] for k in cells], [scores[seed][str(k)]["score"] for k in cells]
+    p_est, p_zc = _percentile(e), _percentile(z)
     score = _naswot_of(args, seed, gt, images)
 
     def fitness(arch):
@@ -182,7 +188,6 @@ def combined_search(args, seed, gt, images, cells, scores):
 
     out = _evolve(args, seed, gt, fitness, f"search_combined_state_s{seed}.json", "di+naswot")
     truth = [gt[k]["cifar10"] for k in cells]
-    e, z = [est[str(k)] for k in cells], [scores[seed][str(k)]["score"] for k in cells]
     out.update(supernet_tau=kendall_tau(e, truth), rank_mean_tau=kendall_tau(ranks(e) + ranks(z), truth))
     return out
 
@@ -236,8 +241,8 @@ def main(argv=None):
                              for s in args.combined_seeds.split(",") if s.strip()) if r is not None]
     env = {"cpu": cpu_name(), "torch": torch.__version__, "threads": args.threads, "cells": args.cells,
            "batch": args.batch, "C": args.C, "N": args.N, "best_in_sample": max(truth), "optimum": OPTIMUM}
-    json.dump({"settings": env, "summary": summary, "runs": rows, "searches": searches}, open(os.path.join(args.out, "zero_cost.json"), "w"),
-              indent=1)
+    _write_json(os.path.join(args.out, "zero_cost.json"),
+                {"settings": env, "summary": summary, "runs": rows, "searches": searches}, indent=1)
     lines = [f"# NASWOT beside the supernet on NAS-Bench-201 ({args.cells} cells)", "",
              f"{env['cpu']}, torch {env['torch']}, {args.threads} thread(s); NASWOT on the C={args.C}, N={args.N} "
              f"network at initialisation, batch {args.batch} of training images. Best of the {args.cells} cells by "
@@ -265,7 +270,7 @@ def main(argv=None):
     lines += ["", f"NASWOT costs {cpu:.2f} CPU-s per cell (one forward of the batch); command: "
               f"`python benchmarks/nas/bench_zero_cost.py --seeds {args.seeds}"
               + (f" --combined-seeds {args.combined_seeds}`" if args.combined_seeds else "`")]
-    open(os.path.join(args.out, "zero_cost.md"), "w").write("\n".join(lines) + "\n")
+    write_text(os.path.join(args.out, "zero_cost.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
